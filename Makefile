@@ -1,0 +1,61 @@
+# Everyday commands. `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack stack-status migrate run worker test test-unit lint fmt bench schemas stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed ## create the virtualenv and install the project
+
+stack: venv ## start Kafka, PostgreSQL and Redis on loopback (idempotent)
+	@$(STACK) up
+
+stack-status: venv ## one line per stack component
+	@$(STACK) status
+
+migrate: stack ## apply the PostgreSQL migrations
+	@$(BIN)/optout migrate
+
+run: migrate ## worker + HTTP API in the foreground (Ctrl-C stops it; the stack stays up)
+	@$(BIN)/optout run --pid-file .stack/service.pid
+
+test: migrate ## the whole test suite against the real stack
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## fast tests that need no service
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service
+
+fmt: venv ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: migrate ## throughput and latency benchmarks, figures into bench-results/
+	$(BIN)/python -m benchmarks.run
+
+schemas: venv ## regenerate the JSON Schema and AsyncAPI files in schemas/
+	$(BIN)/optout schemas
+
+stop: ## stop the service started by `make run` and the stack
+	@if [[ -f .stack/service.pid ]] && kill -0 "$$(cat .stack/service.pid)" 2>/dev/null; then \
+		kill "$$(cat .stack/service.pid)"; echo "[stop] service stopped"; fi; rm -f .stack/service.pid
+	@$(STACK) down
+
+clean: stop ## stop everything and delete the stack's data and the virtualenv
+	rm -rf .stack $(VENV)

@@ -1,0 +1,3 @@
+"""Opt-out and preference service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Adapters to the outside world, named by technology and role."""

@@ -1,0 +1,50 @@
+"""Creates the contract's topics at start-up when they are missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create each missing topic; return the names created by this call."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=s.replication,
+                topic_configs=s.config,
+            )
+            for s in missing
+        ]
+        response = await admin.create_topics(new)
+        created = []
+        for name, code, *_ in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != TopicAlreadyExistsError.errno:
+                raise RuntimeError(f"creating topic {name} failed with Kafka error code {code}")
+        log.info("topics_created", topics=created)
+        return created
+    finally:
+        await admin.close()

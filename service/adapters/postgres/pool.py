@@ -1,0 +1,30 @@
+"""asyncpg pool bound to the service's schema, with jsonb decoded by orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
+    pool: asyncpg.Pool[Any] | None = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        server_settings={"search_path": schema, "application_name": "optout"},
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool

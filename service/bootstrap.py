@@ -1,0 +1,117 @@
+"""Composition root: the one place that turns settings into pools, clients and wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+
+from service.adapters.kafka.broker import build_broker
+from service.adapters.kafka.topics import TopicSpec, ensure_topics
+from service.adapters.postgres.migrator import migrate
+from service.adapters.postgres.pool import create_pool
+from service.adapters.redis_client import create_redis
+from service.application.health import Readiness
+from service.application.records import RawRecord
+from service.entrypoints.worker import WorkerState, register_worker
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def contract_topics(settings: Settings) -> list[TopicSpec]:
+    n, rf = settings.topic_partitions, settings.topic_replication
+    return [
+        TopicSpec(settings.topic_commands, n, rf),
+        TopicSpec(settings.topic_preferences, n, rf, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_outcomes, n, rf),
+        TopicSpec(settings.topic_dlq, n, rf),
+    ]
+
+
+@dataclass
+class Container:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    broker: KafkaBroker
+    readiness: Readiness
+    worker_state: WorkerState | None = None
+
+
+async def run_migrations(settings: Settings) -> list[str]:
+    conn = await asyncpg.connect(settings.database_dsn)
+    try:
+        return await migrate(conn, settings.database_schema)
+    finally:
+        await conn.close()
+
+
+async def build_container(
+    settings: Settings, stack: AsyncExitStack, *, with_worker: bool
+) -> Container:
+    pool = await create_pool(
+        settings.database_dsn, settings.database_schema, settings.database_pool_size
+    )
+    stack.push_async_callback(pool.close)
+    redis = create_redis(settings.redis_dsn)
+    stack.push_async_callback(redis.aclose)
+    broker = build_broker(settings.kafka_bootstrap)
+    readiness = Readiness()
+    container = Container(settings, pool, redis, broker, readiness)
+
+    async def postgres_probe() -> str | None:
+        return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
+
+    async def redis_probe() -> str | None:
+        return None if await redis.ping() else "no PONG"
+
+    async def kafka_probe() -> str | None:
+        return None if await broker.ping(timeout=2.0) else "broker unreachable"
+
+    readiness.add("postgresql", postgres_probe)
+    readiness.add("redis", redis_probe)
+    readiness.add("kafka", kafka_probe)
+
+    if with_worker:
+        await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+        state = WorkerState()
+        container.worker_state = state
+        register_worker(
+            broker,
+            topic=settings.topic_commands,
+            group_id=settings.consumer_group,
+            max_records=settings.batch_max_records,
+            wait_ms=settings.batch_wait_ms,
+            process=_log_batch,
+            state=state,
+            backoff_max_s=settings.retry_backoff_max_seconds,
+        )
+
+        async def consumer_probe() -> str | None:
+            if state.failing:
+                return f"batch retrying: {state.failing}"
+            return None if state.assigned else "no partitions assigned"
+
+        readiness.add("consumer", consumer_probe)
+
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    return container
+
+
+async def _log_batch(records: Sequence[RawRecord]) -> None:
+    partitions: dict[int, Any] = {}
+    for r in records:
+        partitions.setdefault(r.partition, []).append(r.offset)
+    log.info(
+        "batch",
+        records=len(records),
+        partitions={p: [min(o), max(o)] for p, o in partitions.items()},
+    )

@@ -1,0 +1,1 @@
+"""Entry points (worker, HTTP API, CLI): they translate and delegate, nothing more."""

@@ -1,0 +1,75 @@
+"""The ``optout`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.bootstrap import run_migrations
+from service.logging import configure_logging
+from service.settings import Settings
+
+app = typer.Typer(
+    help="Opt-out and preference service: Kafka commands in, PostgreSQL + Redis state, "
+    "preference-changed events out. Settings come from OPTOUT_* environment variables.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the PostgreSQL migrations that are not applied yet (safe to repeat)."""
+    applied = asyncio.run(run_migrations(_settings()))
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def worker() -> None:
+    """Consume commands and apply them; serves /healthz and /readyz."""
+    from service.entrypoints.server import serve
+
+    asyncio.run(serve(_settings(), with_worker=True))
+
+
+@app.command()
+def api() -> None:
+    """HTTP API only (decisions, health); scale it apart from the worker."""
+    from service.entrypoints.server import serve
+
+    asyncio.run(serve(_settings(), with_worker=False))
+
+
+@app.command()
+def run(
+    pid_file: Annotated[
+        Path | None, typer.Option(help="Write the process id here while running.")
+    ] = None,
+) -> None:
+    """Worker and HTTP API in one process (what `make run` starts)."""
+    from service.entrypoints.server import serve
+
+    settings = _settings()
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
+    try:
+        asyncio.run(serve(settings, with_worker=True))
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,53 @@
+"""Runtime settings, read from ``OPTOUT_*`` environment variables.
+
+The defaults point at the local stack that ``make stack`` starts, so a fresh clone runs
+with no configuration at all.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPTOUT_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: SecretStr = SecretStr("postgresql://optout:optout@127.0.0.1:55432/optout")
+    database_schema: str = Field(default="optout", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_pool_size: int = Field(default=4, ge=1, le=100)
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:56379/0")
+    redis_prefix: str = Field(default="optout", min_length=1)
+
+    topic_commands: str = "optout.commands.v1"
+    topic_preferences: str = "optout.preferences.v1"
+    topic_outcomes: str = "optout.outcomes.v1"
+    topic_dlq: str = "optout.commands.dlq.v1"
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+    consumer_group: str = "optout-worker"
+
+    batch_max_records: int = Field(default=500, ge=1, le=10_000)
+    batch_wait_ms: int = Field(default=5, ge=0, le=1_000)
+    max_record_bytes: int = Field(default=64 * 1024, ge=1_024)
+    max_future_seconds: float = Field(default=300.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=5.0, gt=0)
+    catalog_file: Path | None = None
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65_535)
+
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern=r"^(json|console)$")
+
+    @cached_property
+    def database_dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @cached_property
+    def redis_dsn(self) -> str:
+        return self.redis_url.get_secret_value()
