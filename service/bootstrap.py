@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
 
 import asyncpg
 import structlog
@@ -13,12 +12,16 @@ from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
 from service.adapters.kafka.broker import build_broker
+from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.topics import TopicSpec, ensure_topics
+from service.adapters.postgres.command_store import PostgresCommandStore
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
+from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
 from service.application.health import Readiness
-from service.application.records import RawRecord
+from service.application.process_commands import ProcessCommands
+from service.domain.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from service.entrypoints.worker import WorkerState, register_worker
 from service.settings import Settings
 
@@ -38,11 +41,18 @@ def contract_topics(settings: Settings) -> list[TopicSpec]:
 @dataclass
 class Container:
     settings: Settings
+    catalog: Catalog
     pool: asyncpg.Pool
     redis: Redis
     broker: KafkaBroker
+    cache: RedisStateCache
+    store: PostgresCommandStore
     readiness: Readiness
     worker_state: WorkerState | None = None
+
+
+def load_configured_catalog(settings: Settings) -> Catalog:
+    return load_catalog(settings.catalog_file) if settings.catalog_file else DEFAULT_CATALOG
 
 
 async def run_migrations(settings: Settings) -> list[str]:
@@ -63,8 +73,13 @@ async def build_container(
     redis = create_redis(settings.redis_dsn)
     stack.push_async_callback(redis.aclose)
     broker = build_broker(settings.kafka_bootstrap)
+    catalog = load_configured_catalog(settings)
+    cache = RedisStateCache(redis, settings.redis_prefix, settings.cache_ttl_seconds)
+    store = PostgresCommandStore(
+        pool, catalog, max_future=timedelta(seconds=settings.max_future_seconds)
+    )
     readiness = Readiness()
-    container = Container(settings, pool, redis, broker, readiness)
+    container = Container(settings, catalog, pool, redis, broker, cache, store, readiness)
 
     async def postgres_probe() -> str | None:
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
@@ -83,13 +98,20 @@ async def build_container(
         await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
         state = WorkerState()
         container.worker_state = state
+        publisher = ContractPublisher(
+            broker,
+            preferences=settings.topic_preferences,
+            outcomes=settings.topic_outcomes,
+            dlq=settings.topic_dlq,
+        )
+        process = ProcessCommands(store, cache, publisher, settings.max_record_bytes)
         register_worker(
             broker,
             topic=settings.topic_commands,
             group_id=settings.consumer_group,
             max_records=settings.batch_max_records,
             wait_ms=settings.batch_wait_ms,
-            process=_log_batch,
+            process=process,
             state=state,
             backoff_max_s=settings.retry_backoff_max_seconds,
         )
@@ -104,14 +126,3 @@ async def build_container(
     await broker.start()
     stack.push_async_callback(broker.stop)
     return container
-
-
-async def _log_batch(records: Sequence[RawRecord]) -> None:
-    partitions: dict[int, Any] = {}
-    for r in records:
-        partitions.setdefault(r.partition, []).append(r.offset)
-    log.info(
-        "batch",
-        records=len(records),
-        partitions={p: [min(o), max(o)] for p, o in partitions.items()},
-    )

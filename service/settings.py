@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=4, ge=1, le=100)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:56379/0")
     redis_prefix: str = Field(default="optout", min_length=1)
+    cache_ttl_seconds: int = Field(default=0, ge=0)
 
     topic_commands: str = "optout.commands.v1"
     topic_preferences: str = "optout.preferences.v1"

@@ -35,6 +35,19 @@ def migrate() -> None:
 
 
 @app.command()
+def schemas(
+    directory: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schemas of contract v1 and the AsyncAPI document."""
+    from service.contract.jsonschema import write_schemas
+    from service.entrypoints.asyncapi import write_asyncapi
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in [*write_schemas(directory), write_asyncapi(directory)]:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
 def worker() -> None:
     """Consume commands and apply them; serves /healthz and /readyz."""
     from service.entrypoints.server import serve

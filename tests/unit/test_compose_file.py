@@ -43,7 +43,7 @@ def test_environment_names_are_settings() -> None:
 
 def test_ports_match_local_defaults() -> None:
     services = _compose()["services"]
-    defaults = Settings()
+    defaults = Settings.model_construct()
     assert f"127.0.0.1:{defaults.kafka_bootstrap.split(':')[1]}:9092" in services["kafka"]["ports"]
     pg_port = defaults.database_dsn.rsplit(":", 1)[1].split("/")[0]
     assert f"127.0.0.1:{pg_port}:5432" in services["postgres"]["ports"]

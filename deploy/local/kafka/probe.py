@@ -18,7 +18,7 @@ async def probe(bootstrap: str) -> None:
 def main() -> int:
     try:
         asyncio.run(asyncio.wait_for(probe(sys.argv[1]), timeout=5))
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
+    except Exception:
         return 1
     return 0
 

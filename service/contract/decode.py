@@ -1,0 +1,93 @@
+"""Turning raw Kafka record values into something the core can answer.
+
+Three tiers, so a bad record never stops its partition: undecodable bytes go to the DLQ
+untouched; a readable object with a command id but an invalid shape still gets a
+`rejected` outcome the producer can see; everything else reaches the core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from service.contract.v1 import CommandV1
+from service.domain.commands import Delivery, Malformed, Received
+
+_MAX_ERRORS_IN_DETAIL = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record nobody can be answered about; `error` becomes the DLQ `x-error` header.
+
+    The error text is fixed per failure kind and never quotes the payload.
+    """
+
+    error: str
+
+
+def _summarise(exc: ValidationError) -> str:
+    """Field locations and error types only: input values may be personal data."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(root)"
+        parts.append(f"{location}: {error['type']}")
+    shown = parts[:_MAX_ERRORS_IN_DETAIL]
+    more = len(parts) - len(shown)
+    summary = "; ".join(shown)
+    return f"invalid payload: {summary}" + (f" (+{more} more)" if more else "")
+
+
+def _text(document: dict[str, Any], name: str, max_length: int) -> str | None:
+    value = document.get(name)
+    if isinstance(value, str) and 1 <= len(value) <= max_length:
+        return value
+    return None
+
+
+def _canonical_hash(document: dict[str, Any]) -> str:
+    """Hash of the parsed object, so re-sent malformed content is recognised as the same."""
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def decode_command(
+    value: bytes | None, delivery: Delivery, *, max_bytes: int
+) -> Received | Malformed | DeadLetter:
+    """Classify one record value as a command, an answerable invalid command, or DLQ."""
+    if not value:
+        return DeadLetter("empty value")
+    if len(value) > max_bytes:
+        return DeadLetter(f"value larger than {max_bytes} bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return DeadLetter("value is not valid UTF-8")
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return DeadLetter("value is not valid JSON")
+    if not isinstance(document, dict):
+        return DeadLetter("value is not a JSON object")
+    command_id = _text(document, "command_id", 128)
+    if command_id is None:
+        return DeadLetter("no readable command_id (a string of 1-128 characters)")
+    try:
+        model = CommandV1.model_validate(document)
+    except ValidationError as exc:
+        try:
+            digest = _canonical_hash(document)
+        except (TypeError, orjson.JSONEncodeError):
+            digest = hashlib.sha256(value).hexdigest()
+        return Malformed(
+            command_id=command_id,
+            subject_id=_text(document, "subject_id", 256),
+            tenant=_text(document, "tenant", 64) or "default",
+            detail=_summarise(exc),
+            delivery=delivery,
+            content_hash=digest,
+        )
+    return Received(model.to_domain(), delivery)

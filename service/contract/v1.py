@@ -1,0 +1,186 @@
+"""Contract v1: commands in, preference-changed events and outcomes out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from service.domain.commands import Change, Command, Source
+from service.domain.events import Outcome, PreferenceChanged, Reason, Status
+from service.domain.model import Action, Rule
+
+SourceChannel = Literal[
+    "web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"
+]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored so producers can roll out v1.x additions before we read them.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SourceV1(_Wire):
+    """Where the person acted; ip and user agent go to the consent history only."""
+
+    channel: SourceChannel
+    app: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    ip: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    user_agent: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+
+
+class ChangeV1(_Wire):
+    """One statement about one (topic, channel) pair; `*` is the wildcard on either side."""
+
+    action: Action
+    topic: str = Field(min_length=1, max_length=128)
+    channel: str = Field(min_length=1, max_length=64)
+
+
+class CommandV1(_Wire):
+    """An opt-out/opt-in command as published to `optout.commands.v1`.
+
+    Catalog membership is checked later, by the domain, so an unknown topic gets a precise
+    `unknown_topic` outcome instead of a generic `invalid_payload`.
+    """
+
+    command_id: str = Field(min_length=1, max_length=128)
+    subject_id: str = Field(min_length=1, max_length=256)
+    occurred_at: AwareDatetime
+    source: SourceV1
+    changes: list[ChangeV1] = Field(min_length=1, max_length=100)
+    reason: str | None = Field(default=None, max_length=500)
+    tenant: str = Field(default="default", min_length=1, max_length=64)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339_text_only(cls, value: object) -> object:
+        # Pydantic would read a bare number as a Unix time; the contract asks for RFC 3339
+        # text, and accepting numbers would make milliseconds-vs-seconds mistakes silent.
+        if not isinstance(value, str):
+            raise ValueError("occurred_at must be an RFC 3339 string with an offset")
+        return value
+
+    def to_domain(self) -> Command:
+        return Command(
+            command_id=self.command_id,
+            subject_id=self.subject_id,
+            tenant=self.tenant,
+            occurred_at=_utc(self.occurred_at),
+            source=Source(
+                channel=self.source.channel,
+                app=self.source.app,
+                ip=self.source.ip,
+                user_agent=self.source.user_agent,
+            ),
+            changes=tuple(Change(c.action, c.topic, c.channel) for c in self.changes),
+            reason=self.reason,
+        )
+
+
+class PreferenceV1(_Wire):
+    """One stored rule, with enough provenance to explain a decision made from it."""
+
+    topic: str
+    channel: str
+    action: Action
+    occurred_at: datetime
+    source_channel: str
+    command_id: str
+
+    @classmethod
+    def from_domain(cls, rule: Rule) -> PreferenceV1:
+        return cls(
+            topic=rule.topic,
+            channel=rule.channel,
+            action=rule.action,
+            occurred_at=_utc(rule.occurred_at),
+            source_channel=rule.source_channel,
+            command_id=rule.command_id,
+        )
+
+
+class AppliedChangeV1(_Wire):
+    """A change that altered state; older changes in the same command are left out."""
+
+    action: Action
+    topic: str
+    channel: str
+    occurred_at: datetime
+
+
+class EventSourceV1(_Wire):
+    """The source, minus ip and user agent: events fan out widely and must stay PII-light."""
+
+    channel: str
+    app: str | None = None
+
+
+class PreferenceChangedV1(_Wire):
+    """Published to the compacted `optout.preferences.v1`; carries the full rule set."""
+
+    event_id: str
+    tenant: str
+    subject_id: str
+    version: int
+    effective_at: datetime
+    command_id: str
+    source: EventSourceV1
+    changes: list[AppliedChangeV1]
+    preferences: list[PreferenceV1]
+
+    @classmethod
+    def from_domain(cls, event: PreferenceChanged) -> PreferenceChangedV1:
+        return cls(
+            event_id=event.event_id,
+            tenant=event.tenant,
+            subject_id=event.subject_id,
+            version=event.version,
+            effective_at=_utc(event.effective_at),
+            command_id=event.command_id,
+            source=EventSourceV1(channel=event.source_channel, app=event.source_app),
+            changes=[
+                AppliedChangeV1(
+                    action=c.action,
+                    topic=c.topic,
+                    channel=c.channel,
+                    occurred_at=_utc(c.occurred_at),
+                )
+                for c in event.changes
+            ],
+            preferences=[PreferenceV1.from_domain(rule) for rule in event.preferences],
+        )
+
+
+class OutcomeV1(_Wire):
+    """Published to `optout.outcomes.v1`, one per consumed command, keyed by command id.
+
+    `detail` is human text the originating channel may show; it never contains input values.
+    """
+
+    command_id: str
+    tenant: str
+    subject_id: str | None
+    status: Status
+    reason: Reason | None = None
+    detail: str | None = None
+    version: int | None = None
+    effective_at: datetime | None = None
+
+    @classmethod
+    def from_domain(cls, outcome: Outcome) -> OutcomeV1:
+        return cls(
+            command_id=outcome.command_id,
+            tenant=outcome.tenant,
+            subject_id=outcome.subject_id,
+            status=outcome.status,
+            reason=outcome.reason,
+            detail=outcome.detail,
+            version=outcome.version,
+            effective_at=None if outcome.effective_at is None else _utc(outcome.effective_at),
+        )

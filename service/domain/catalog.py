@@ -1,0 +1,222 @@
+"""The catalog: which topics and channels exist, and how each topic behaves by default.
+
+The catalog is configuration, not code, so a deployment can switch a topic to an opt-in regime
+(`deny` by default) or add channels without a release; validation and decisions both read it,
+which keeps every intake path on the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+WILDCARD_NAME = "*"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+_TOPIC_KEYS = frozenset({"default", "mandatory", "data_use"})
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be trusted; raised at start-up so a bad file never serves."""
+
+
+class CatalogLookupError(ValueError):
+    """A decision was asked about a name the catalog does not know."""
+
+
+class UnknownTopic(CatalogLookupError):
+    """Asked about a topic outside the catalog: answering with a default would hide a typo."""
+
+
+class UnknownChannel(CatalogLookupError):
+    """Asked about a channel outside the catalog: answering with a default would hide a typo."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How one topic behaves when a subject has said nothing that covers it.
+
+    `mandatory` topics (security, receipts) can never be opted out of; `data_use` topics are
+    about what is done with data rather than a message channel, so they take channel `*` only.
+    """
+
+    name: str
+    default_allowed: bool = True
+    mandatory: bool = False
+    data_use: bool = False
+
+
+def _lineage(topic: str) -> tuple[str, ...]:
+    parts = topic.split(".")
+    return tuple(".".join(parts[:i]) for i in range(len(parts), 0, -1))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The set of channels and topics every command and decision is checked against.
+
+    Topics form a hierarchy by dotted name: `marketing` covers `marketing.newsletter`. Flags are
+    evaluated along the lineage so a child can never escape its parent's `mandatory`.
+    """
+
+    channels: frozenset[str]
+    topics: Mapping[str, TopicSpec] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # A read-only view: the catalog is shared by every worker coroutine and must not drift.
+        object.__setattr__(self, "topics", MappingProxyType(dict(self.topics)))
+        object.__setattr__(self, "channels", frozenset(self.channels))
+
+    def has_topic(self, name: str) -> bool:
+        return name in self.topics
+
+    def has_channel(self, name: str) -> bool:
+        return name in self.channels
+
+    def lineage(self, topic: str) -> tuple[str, ...]:
+        """The topic then each ancestor, most specific first, as rule lookups need them.
+
+        Ancestors are derived from the name, whether or not they are catalog topics
+        (`data` is a namespace, not a topic).
+        """
+        return _lineage(topic)
+
+    def spec(self, topic: str) -> TopicSpec:
+        try:
+            return self.topics[topic]
+        except KeyError:
+            raise UnknownTopic(f"unknown topic {topic!r}") from None
+
+    def is_mandatory(self, topic: str) -> bool:
+        """True if the topic or any ancestor is mandatory; `*` is never mandatory."""
+        return any(
+            (spec := self.topics.get(name)) is not None and spec.mandatory
+            for name in _lineage(topic)
+        )
+
+    def is_data_use(self, topic: str) -> bool:
+        """True if the topic or any ancestor is a data-use topic."""
+        return any(
+            (spec := self.topics.get(name)) is not None and spec.data_use
+            for name in _lineage(topic)
+        )
+
+    def default_allowed(self, topic: str) -> bool:
+        return self.spec(topic).default_allowed
+
+    def channels_for(self, topic: str) -> tuple[str, ...]:
+        """The channels a topic can be asked about: data uses are channel-less (`*`)."""
+        if self.is_data_use(topic):
+            return (WILDCARD_NAME,)
+        return tuple(sorted(self.channels))
+
+
+def _topics(*specs: TopicSpec) -> dict[str, TopicSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+DEFAULT_CATALOG = Catalog(
+    channels=frozenset({"email", "sms", "push", "in_app", "voice", "whatsapp"}),
+    topics=_topics(
+        TopicSpec("marketing"),
+        TopicSpec("marketing.newsletter"),
+        TopicSpec("marketing.promotions"),
+        TopicSpec("product"),
+        TopicSpec("product.updates"),
+        TopicSpec("product.tips"),
+        TopicSpec("reminders"),
+        TopicSpec("data.analytics", data_use=True),
+        TopicSpec("data.personalization", data_use=True),
+        TopicSpec("data.sale", data_use=True),
+        TopicSpec("security", mandatory=True),
+        TopicSpec("security.alerts", mandatory=True),
+        TopicSpec("transactional", mandatory=True),
+        TopicSpec("transactional.receipts", mandatory=True),
+    ),
+)
+
+
+def _bool(topic: str, table: Mapping[str, Any], key: str, inherited: bool) -> bool:
+    value = table.get(key, inherited)
+    if not isinstance(value, bool):
+        raise CatalogError(f"topic {topic!r}: {key} must be true or false, got {value!r}")
+    if inherited and not value:
+        raise CatalogError(f"topic {topic!r}: {key} = false contradicts its parent")
+    return value
+
+
+def parse_catalog(document: Mapping[str, Any]) -> Catalog:
+    """Build a catalog from an already-parsed TOML document; see `load_catalog`."""
+    unknown = set(document) - {"channels", "topics"}
+    if unknown:
+        raise CatalogError(f"unknown top-level keys: {sorted(unknown)}")
+    channels = document.get("channels")
+    if not isinstance(channels, list) or not channels:
+        raise CatalogError("channels must be a non-empty list of names")
+    for channel in channels:
+        if not isinstance(channel, str) or not _NAME.match(channel) or "." in channel:
+            raise CatalogError(f"invalid channel name {channel!r}")
+    if len(set(channels)) != len(channels):
+        raise CatalogError("channels contain duplicates")
+
+    raw_topics = document.get("topics", {})
+    if not isinstance(raw_topics, dict) or not raw_topics:
+        raise CatalogError('topics must be a non-empty table of [topics."name"] entries')
+
+    specs: dict[str, TopicSpec] = {}
+    # Parents before children, so inheritance can read the parent's resolved spec.
+    for name in sorted(raw_topics, key=lambda n: (n.count("."), n)):
+        table = raw_topics[name]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise CatalogError(f"invalid topic name {name!r}")
+        if not isinstance(table, dict):
+            raise CatalogError(f"topic {name!r} must be a table")
+        extra = set(table) - _TOPIC_KEYS
+        if extra:
+            raise CatalogError(f"topic {name!r}: unknown keys {sorted(extra)}")
+        parent_name = name.rpartition(".")[0]
+        parent = specs.get(parent_name) if parent_name else None
+        data_use = _bool(name, table, "data_use", parent.data_use if parent else False)
+        if parent_name and parent is None and not data_use:
+            # Data uses live in the `data.` namespace without a `data` topic; anything else
+            # with a missing parent is almost certainly a typo that would silently lose coverage.
+            raise CatalogError(f"topic {name!r}: parent topic {parent_name!r} is missing")
+        default = table.get("default")
+        if default is None:
+            default_allowed = parent.default_allowed if parent else True
+        elif default in ("allow", "deny"):
+            default_allowed = default == "allow"
+        else:
+            raise CatalogError(
+                f"topic {name!r}: default must be 'allow' or 'deny', got {default!r}"
+            )
+        mandatory = _bool(name, table, "mandatory", parent.mandatory if parent else False)
+        if mandatory and not default_allowed:
+            raise CatalogError(f"topic {name!r}: a mandatory topic cannot default to deny")
+        if mandatory and data_use:
+            raise CatalogError(f"topic {name!r}: a data-use topic cannot be mandatory")
+        specs[name] = TopicSpec(name, default_allowed, mandatory, data_use)
+    return Catalog(channels=frozenset(channels), topics=specs)
+
+
+def load_catalog(path: Path | str) -> Catalog:
+    """Read a TOML catalog, failing loudly on anything ambiguous.
+
+    A silently misread catalog would change who gets messaged, so every surprise
+    (unknown keys, bad defaults, orphan children, empty channels) is a `CatalogError`.
+    """
+    try:
+        with Path(path).open("rb") as handle:
+            document = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read catalog: {exc}") from exc
+    try:
+        return parse_catalog(document)
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from exc

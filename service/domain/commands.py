@@ -1,0 +1,114 @@
+"""Commands: what an upstream app asks the service to record, in domain form.
+
+These mirror contract v1 but carry no parsing concerns, so the core can be driven by tests,
+imports or a future HTTP intake without going through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.domain.model import Action, SubjectKey
+
+SOURCE_CHANNELS: frozenset[str] = frozenset(
+    {"web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One statement about exactly one (topic, channel) pair, wildcards included."""
+
+    action: Action
+    topic: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the person acted; ip and user agent are proof of consent and stay out of logs."""
+
+    channel: str
+    app: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A person's statement, made at `occurred_at`, that changes one or more rules at once."""
+
+    command_id: str
+    subject_id: str
+    tenant: str
+    occurred_at: datetime
+    source: Source
+    changes: tuple[Change, ...]
+    reason: str | None = None
+
+    @property
+    def key(self) -> SubjectKey:
+        return SubjectKey(self.tenant, self.subject_id)
+
+
+def content_hash(command: Command) -> str:
+    """A fingerprint of what a command says, independent of its wire formatting.
+
+    Idempotency compares content, not bytes: a producer that re-serialises the same command
+    (key order, whitespace, `Z` vs `+00:00`) must get `duplicate`, not `command_id_conflict`.
+    """
+    canonical = {
+        "command_id": command.command_id,
+        "subject_id": command.subject_id,
+        "tenant": command.tenant,
+        "occurred_at": command.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "source": {
+            "channel": command.source.channel,
+            "app": command.source.app,
+            "ip": command.source.ip,
+            "user_agent": command.source.user_agent,
+        },
+        "changes": [
+            {"action": change.action, "topic": change.topic, "channel": change.channel}
+            for change in command.changes
+        ],
+        "reason": command.reason,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Delivery:
+    """Where a record was read from; the same delivery seen twice means a crash redelivery."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A record that passed schema validation and is ready for the core."""
+
+    command: Command
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A record readable enough to answer (it has a command id) but not a valid command.
+
+    It still gets a `rejected`/`invalid_payload` outcome, so the originating channel can tell
+    the person something went wrong instead of waiting forever.
+    """
+
+    command_id: str
+    subject_id: str | None
+    tenant: str
+    detail: str
+    delivery: Delivery
+    content_hash: str

@@ -1,0 +1,53 @@
+"""The one decision function every channel and read path uses.
+
+Keeping a single implementation is the Consistency principle: web, SDK, senders and the
+worker's own snapshots can never disagree about what a rule set means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from service.domain.catalog import Catalog, UnknownChannel
+from service.domain.model import WILDCARD, Decision, Rule, SubjectState
+
+Rules = Mapping[tuple[str, str], Rule]
+
+
+def is_allowed(catalog: Catalog, rules: Rules | SubjectState, topic: str, channel: str) -> Decision:
+    """May `topic` be sent on `channel` (or, for a data use, may the data be used)?
+
+    Mandatory topics first, then the latest statement covering the question (topic or an
+    ancestor or `*`, on the channel or `*`), then the catalog default. Asking channel `*`
+    means "the data use itself" (or "every channel at once"): only `*`-channel rules cover it.
+    """
+    spec = catalog.spec(topic)  # raises UnknownTopic
+    if channel != WILDCARD and not catalog.has_channel(channel):
+        raise UnknownChannel(f"unknown channel {channel!r}")
+    if catalog.is_mandatory(topic):
+        return Decision(True, "mandatory", None, topic, channel)
+    table = rules.rules if isinstance(rules, SubjectState) else rules
+    channels = (WILDCARD,) if channel == WILDCARD else (channel, WILDCARD)
+    best: Rule | None = None
+    for covering_topic in (*catalog.lineage(topic), WILDCARD):
+        for covering_channel in channels:
+            rule = table.get((covering_topic, covering_channel))
+            if rule is not None and (best is None or rule.precedence_key() > best.precedence_key()):
+                best = rule
+    if best is None:
+        return Decision(spec.default_allowed, "default", None, topic, channel)
+    return Decision(best.action == "opt_in", "rule", best, topic, channel)
+
+
+def effective_preferences(
+    catalog: Catalog, state: Rules | SubjectState
+) -> dict[tuple[str, str], Decision]:
+    """Every catalog topic on every channel it can be asked about, for preference pages.
+
+    Data-use topics appear once, with channel `*`.
+    """
+    return {
+        (topic, channel): is_allowed(catalog, state, topic, channel)
+        for topic in sorted(catalog.topics)
+        for channel in catalog.channels_for(topic)
+    }

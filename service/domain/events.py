@@ -1,0 +1,91 @@
+"""What the service tells the world: preference-changed events, outcomes and consent history."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from service.domain.commands import Source
+from service.domain.model import Action, Rule, SubjectKey
+
+Status = Literal["applied", "unchanged", "duplicate", "rejected"]
+Reason = Literal[
+    "invalid_payload",
+    "unknown_topic",
+    "unknown_channel",
+    "mandatory_topic",
+    "future_timestamp",
+    "command_id_conflict",
+]
+
+# Fixed forever: event ids derived from it must stay stable across releases and replays.
+EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    """A change that actually altered the stored rules (older ones are left out of events)."""
+
+    action: Action
+    topic: str
+    channel: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceChanged:
+    """One event per state-changing command, carrying the full rule set.
+
+    The full set lets a compacted topic serve as a complete snapshot, so a new sender can
+    bootstrap without asking the service.
+    """
+
+    event_id: str
+    tenant: str
+    subject_id: str
+    version: int
+    effective_at: datetime
+    command_id: str
+    source_channel: str
+    source_app: str | None
+    changes: tuple[AppliedChange, ...]
+    preferences: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to exactly one consumed command, so the originating channel can confirm it."""
+
+    command_id: str
+    tenant: str
+    subject_id: str | None
+    status: Status
+    reason: Reason | None = None
+    detail: str | None = None
+    version: int | None = None
+    effective_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A proof-of-consent row: who changed what, when, and how (GDPR Art. 7).
+
+    The only place ip and user agent are kept; they never reach logs or events.
+    """
+
+    key: SubjectKey
+    command_id: str
+    action: Action
+    topic: str
+    channel: str
+    occurred_at: datetime
+    effective_at: datetime
+    source: Source
+    reason: str | None
+
+
+def event_id_for(tenant: str, subject_id: str, version: int) -> str:
+    """A deterministic id, so a republished event is recognisably the same event."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{tenant}\x1f{subject_id}\x1f{version}"))

@@ -1,0 +1,111 @@
+"""Core value types: who a rule belongs to, what a rule says, and what a decision concluded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Literal
+
+Action = Literal["opt_out", "opt_in"]
+Basis = Literal["rule", "default", "mandatory"]
+
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SubjectKey:
+    """A subject is only unique within its tenant, so every lookup carries both."""
+
+    tenant: str
+    subject_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The latest statement a subject made about one (topic, channel) pair.
+
+    `command_id` and `source_channel` are kept so any decision can name exactly which
+    statement decided it, and when and where it was made.
+    """
+
+    topic: str
+    channel: str
+    action: Action
+    occurred_at: datetime
+    source_channel: str
+    command_id: str
+
+    def __post_init__(self) -> None:
+        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
+            # Naive times compare against aware ones by raising; refuse them at the door.
+            raise ValueError("Rule.occurred_at must be timezone-aware")
+
+    def precedence_key(self) -> tuple[datetime, bool, str]:
+        """The total order of last-writer-wins.
+
+        The latest statement wins; on a tie the opt-out wins (the privacy-safe choice); on a
+        full tie the larger command id wins, so the outcome never depends on arrival order.
+        """
+        return (self.occurred_at, self.action == "opt_out", self.command_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    """Everything the service knows about one subject, at one version.
+
+    Rules are keyed by (topic, channel): a later statement about the same pair replaces the
+    earlier one, so the state stays bounded by the catalog size rather than by history.
+    """
+
+    key: SubjectKey
+    version: int
+    rules: Mapping[tuple[str, str], Rule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # States are shared between the batch result and adapters; a read-only view keeps
+        # one adapter from mutating what another is about to persist.
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+
+    @classmethod
+    def empty(cls, key: SubjectKey) -> SubjectState:
+        """The state of a subject who never said anything: version 0, every default applies."""
+        return cls(key=key, version=0, rules={})
+
+    def sorted_rules(self) -> tuple[Rule, ...]:
+        """Rules in a stable order, so snapshots and events are byte-for-byte reproducible."""
+        return tuple(self.rules[pair] for pair in sorted(self.rules))
+
+
+def _utc_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An answer that always carries its reason, so senders and support can explain it.
+
+    `topic` and `channel` are the question asked; they only feed `explain()`.
+    """
+
+    allowed: bool
+    basis: Basis
+    rule: Rule | None
+    topic: str | None = None
+    channel: str | None = None
+
+    def explain(self) -> str:
+        """One human-readable line, fit for a support tool or a confirmation page."""
+        verdict = "allowed" if self.allowed else "denied"
+        if self.basis == "rule" and self.rule is not None:
+            rule = self.rule
+            return (
+                f"{verdict} by {rule.action} of {rule.topic} on {rule.channel}"
+                f" at {_utc_iso(rule.occurred_at)}"
+                f" (via {rule.source_channel}, command {rule.command_id})"
+            )
+        subject = self.topic if self.topic is not None else "this topic"
+        if self.basis == "mandatory":
+            return f"{verdict}: {subject} is mandatory"
+        return f"{verdict}: catalog default for {subject}"
