@@ -1,7 +1,7 @@
-"""A PostgreSQL server of a test's own, so the test can stop and restart it.
+"""Servers of a test's own (PostgreSQL, Redis, Kafka), so the test can stop and restart them.
 
-Stopping the shared stack's server would break the tests running beside it; this one is a
-real PostgreSQL from the same binaries, on its own port and data directory.
+Stopping the shared stack's servers would break the tests running beside it; these are the
+same real servers from the same binaries and jars, on their own ports and data directories.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -75,3 +77,173 @@ def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
         with suppress(subprocess.CalledProcessError):
             instance.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class ThrowawayRedis:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("throwaway redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@contextmanager
+def throwaway_redis(port: int) -> Iterator[ThrowawayRedis]:
+    directory = Path(tempfile.mkdtemp(prefix="optout-redis-"))
+    instance = ThrowawayRedis(port=port, directory=directory)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _kafka_libs() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    libs = Path(os.environ.get("OPTOUT_KAFKA_LIBS", cache / "optout/kafka-4.1.1/libs"))
+    if not libs.is_dir():
+        raise RuntimeError(f"no Kafka jars at {libs} (run make stack)")
+    return libs
+
+
+@dataclass
+class ThrowawayKafka:
+    """A second single-node KRaft broker, so a test can stop and restart Kafka."""
+
+    port: int
+    controller_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, *args: str) -> list[str]:
+        return [
+            "java",
+            "-Xms128m",
+            "-Xmx384m",
+            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+            "-cp",
+            f"{_kafka_libs()}/*",
+            *args,
+        ]
+
+    def format(self) -> None:
+        props = self.directory / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.directory / 'data'}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.cleaner.dedupe.buffer.size=2097152",
+                ]
+            )
+            + "\n"
+        )
+        (self.directory / "log4j2.properties").write_text(
+            "rootLogger.level = WARN\nrootLogger.appenderRef.stdout.ref = STDOUT\n"
+            "appender.console.type = Console\nappender.console.name = STDOUT\n"
+            "appender.console.layout.type = PatternLayout\n"
+            "appender.console.layout.pattern = %p %m%n\n"
+        )
+        subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                "dGhyb3dhd2F5LWthZmthMQ",
+                "-c",
+                str(props),
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        log = open(self.directory / "kafka.log", "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            self._java("kafka.Kafka", str(self.directory / "server.properties")),
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError("throwaway kafka exited")
+            time.sleep(0.2)
+        raise RuntimeError("throwaway kafka did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(30)
+            self.process = None
+
+
+@contextmanager
+def throwaway_kafka(port: int, controller_port: int) -> Iterator[ThrowawayKafka]:
+    directory = Path(tempfile.mkdtemp(prefix="optout-kafka-"))
+    instance = ThrowawayKafka(port=port, controller_port=controller_port, directory=directory)
+    instance.format()
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""An independent oracle for streams of commands, and the check that the stack agrees with it.
+
+The oracle knows nothing of the service's code: per (subject, topic, channel) it keeps the
+change with the greatest (occurred_at, opt_out, command_id), which is the brief's rule.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from service.adapters.redis_cache import RedisStateCache
+from service.adapters.redis_client import create_redis
+from service.domain.model import SubjectKey
+from service.settings import Settings
+from tests.support.contract_client import ContractClient, at, command
+
+TOPICS = ["marketing", "marketing.newsletter", "product", "reminders", "*"]
+CHANNELS = ["email", "sms", "push", "*"]
+
+
+def random_stream(seed: int, n: int, subjects: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    stream = []
+    for _ in range(n):
+        changes = [
+            (rng.choice(["opt_out", "opt_in"]), rng.choice(TOPICS), rng.choice(CHANNELS))
+            for _ in range(rng.randint(1, 3))
+        ]
+        stream.append(
+            command(f"s{rng.randrange(subjects)}", changes, occurred_at=at(rng.randrange(10_000)))
+        )
+    return stream
+
+
+def expected_rules(commands: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], str]]:
+    best: dict[str, dict[tuple[str, str], tuple[str, bool, str, str]]] = defaultdict(dict)
+    for doc in commands:
+        for change in doc["changes"]:
+            pair = (change["topic"], change["channel"])
+            # Same-format UTC timestamps compare correctly as text.
+            candidate = (
+                doc["occurred_at"],
+                change["action"] == "opt_out",
+                doc["command_id"],
+                change["action"],
+            )
+            current = best[doc["subject_id"]].get(pair)
+            if current is None or candidate[:3] > current[:3]:
+                best[doc["subject_id"]][pair] = candidate
+    return {s: {p: c[3] for p, c in rules.items()} for s, rules in best.items()}
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"OPTOUT_{name.upper()}"] = str(raw)
+    env["OPTOUT_LOG_FORMAT"] = "json"
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path, http_port: int) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
+    env = worker_env(settings)
+    env["OPTOUT_HTTP_PORT"] = str(http_port)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.entrypoints.cli", "worker"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+
+
+async def assert_matches_oracle(
+    settings: Settings, client: ContractClient, commands: list[dict[str, Any]]
+) -> None:
+    """Every command answered consistently; PostgreSQL, Redis and the last events agree."""
+    for doc in commands:
+        answers = client.outcomes[doc["command_id"]]
+        assert answers, doc["command_id"]
+        assert all(a == answers[0] for a in answers), answers
+        assert answers[0]["status"] in ("applied", "unchanged")
+    applied = Counter(
+        doc["subject_id"]
+        for doc in commands
+        if client.outcomes[doc["command_id"]][0]["status"] == "applied"
+    )
+    expected = expected_rules(commands)
+    await client.wait_for(
+        lambda: all(
+            client.events[s] and client.last_event(s)["version"] == applied[s] for s in expected
+        )
+    )
+    conn = await asyncpg.connect(
+        settings.database_dsn, server_settings={"search_path": settings.database_schema}
+    )
+    redis = create_redis(settings.redis_dsn)
+    try:
+        cache = RedisStateCache(redis, settings.redis_prefix)
+        for subject, rules in expected.items():
+            rows = await conn.fetch(
+                "SELECT topic, channel, action FROM rules WHERE subject_id = $1", subject
+            )
+            assert {(r["topic"], r["channel"]): r["action"] for r in rows} == rules
+            version = await conn.fetchval(
+                "SELECT version FROM subjects WHERE subject_id = $1", subject
+            )
+            assert version == applied[subject]  # each applied once, never twice
+            key = SubjectKey("default", subject)
+            cached = (await cache.read([key]))[key]
+            assert cached.version == version
+            assert {p: r.action for p, r in cached.rules.items()} == rules
+            last = client.last_event(subject)
+            assert {(p["topic"], p["channel"]): p["action"] for p in last["preferences"]} == rules
+            assert {e["version"] for e in client.events[subject]} == set(range(1, version + 1))
+        history = await conn.fetchval("SELECT count(DISTINCT command_id) FROM consent_history")
+        assert history == sum(applied.values())
+    finally:
+        await conn.close()
+        await redis.aclose()
