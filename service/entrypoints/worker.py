@@ -146,7 +146,7 @@ async def _process_until_done(
             await asyncio.sleep(delay)
             delay = min(delay * 2, backoff_max_s)
             owned = {(r.topic, r.partition) for r in records}
-            if state.assigned and not owned <= state.assigned:
+            if not owned <= state.assigned:
                 log.warning("batch_abandoned_after_revocation", records=len(records))
                 return False
         else:
