@@ -55,38 +55,26 @@ class ContractPublisher:
         outcomes: Sequence[Outcome],
         dead_letters: Sequence[DeadLetterRecord],
     ) -> None:
-        pending: list[asyncio.Future[Any]] = []
-        for event in events:
-            pending.append(
-                await self._events.publish(
-                    event_json(event),
-                    key=event.subject_id.encode(),
-                    headers=_JSON,
-                    no_confirm=True,
-                )
-            )
-        for outcome in outcomes:
-            pending.append(
-                await self._outcomes.publish(
-                    outcome_json(outcome),
-                    key=outcome.command_id.encode(),
-                    headers=_JSON,
-                    no_confirm=True,
-                )
-            )
-        for dead in dead_letters:
-            pending.append(
-                await self._dlq.publish(
-                    dead.record.value or b"",
-                    key=dead.record.key,
-                    headers={
-                        "x-error": dead.error,
-                        "x-original-topic": dead.record.topic,
-                        "x-original-partition": str(dead.record.partition),
-                        "x-original-offset": str(dead.record.offset),
-                    },
-                    no_confirm=True,
-                )
-            )
+        sends = [
+            *((self._events, event_json(e), e.subject_id.encode(), _JSON) for e in events),
+            *((self._outcomes, outcome_json(o), o.command_id.encode(), _JSON) for o in outcomes),
+            *(
+                (self._dlq, d.record.value or b"", d.record.key, _dlq_headers(d))
+                for d in dead_letters
+            ),
+        ]
+        pending: list[asyncio.Future[Any]] = [
+            await publisher.publish(value, key=key, headers=headers, no_confirm=True)
+            for publisher, value, key, headers in sends
+        ]
         if pending:
             await asyncio.gather(*pending)
+
+
+def _dlq_headers(dead: DeadLetterRecord) -> dict[str, str]:
+    return {
+        "x-error": dead.error,
+        "x-original-topic": dead.record.topic,
+        "x-original-partition": str(dead.record.partition),
+        "x-original-offset": str(dead.record.offset),
+    }
