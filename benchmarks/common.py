@@ -1,0 +1,563 @@
+"""Shared plumbing of the benchmarks: isolation, load, child processes, statistics.
+
+Every benchmark run gets its own topics, PostgreSQL schema, Redis prefix and consumer group
+(as the integration tests do), so it can run beside the tests and other engineers' work on
+one shared stack, and it removes all of them afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+from service.adapters.kafka.topics import TopicSpec, ensure_topics
+from service.adapters.postgres.migrator import migrate
+from service.settings import Settings
+
+RESULTS_DIR = Path("bench-results")
+
+# The shipped catalog without the mandatory topics (an opt-out of those is rejected, which
+# is not the write path being measured). Data-use topics take channel "*" only.
+_MESSAGE_TOPICS = (
+    "marketing",
+    "marketing.newsletter",
+    "marketing.promotions",
+    "product",
+    "product.updates",
+    "product.tips",
+    "reminders",
+)
+_DATA_TOPICS = ("data.analytics", "data.personalization", "data.sale")
+_CHANNELS = ("email", "sms", "push", "in_app", "voice", "whatsapp")
+_SOURCES = ("web", "mobile", "api", "email", "sms")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+class CommandGenerator:
+    """Contract-v1 commands with a realistic mix, reproducible from a seed.
+
+    Many distinct subjects, one to three changes each, mostly opt-outs on catalog topics
+    and channels, a few universal ``*`` statements and data-use opt-outs, every command
+    dated "now" so that it is applied (not ``unchanged``) and produces an event.
+    """
+
+    def __init__(self, subjects: int, seed: int) -> None:
+        self._subjects = subjects
+        self._rng = random.Random(seed)
+
+    def _change(self) -> dict[str, str]:
+        rng = self._rng
+        action = "opt_out" if rng.random() < 0.7 else "opt_in"
+        roll = rng.random()
+        if roll < 0.1:
+            return {"action": action, "topic": rng.choice(_DATA_TOPICS), "channel": "*"}
+        if roll < 0.15:
+            return {"action": action, "topic": "*", "channel": rng.choice(_CHANNELS)}
+        channel = "*" if roll < 0.2 else rng.choice(_CHANNELS)
+        return {"action": action, "topic": rng.choice(_MESSAGE_TOPICS), "channel": channel}
+
+    def next(self) -> tuple[str, bytes, bytes]:
+        """One command as (command_id, key, value bytes)."""
+        rng = self._rng
+        command_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        subject = f"user-{rng.randrange(self._subjects)}"
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        doc = {
+            "command_id": command_id,
+            "subject_id": subject,
+            "occurred_at": now,
+            "source": {
+                "channel": rng.choice(_SOURCES),
+                "app": "bench",
+                "ip": "203.0.113.7",
+                "user_agent": "Mozilla/5.0 (bench)",
+            },
+            "changes": [self._change() for _ in range(rng.choice((1, 1, 2, 3)))],
+        }
+        if rng.random() < 0.2:
+            doc["reason"] = "too many messages"
+        return command_id, subject.encode(), orjson.dumps(doc)
+
+
+async def preload(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
+    """Write a backlog as fast as possible (batched, lingering); returns seconds taken.
+
+    Only the backlog is written this way; the latency phase uses an upstream-like producer.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 5_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+# --- reading outputs -------------------------------------------------------------------
+
+
+class OutputReader:
+    """Follows one output topic from a given point and stamps each record on arrival.
+
+    It runs in the load generator's process so that produce and arrival times come from one
+    monotonic clock. ``match`` turns a record into the command id it answers (or None).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self._bootstrap = bootstrap
+        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.arrivals: dict[bytes, float] = {}
+        self.records = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.changed = asyncio.Event()
+        self.key_of: Callable[[Any], bytes | None] | None = None  # record -> its command id
+
+    async def start(self, *, from_end: bool) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False
+        )
+        await self._consumer.start()
+        self._consumer.assign(self._tps)
+        if from_end:
+            await self._consumer.seek_to_end(*self._tps)
+        else:
+            await self._consumer.seek_to_beginning(*self._tps)
+        for tp in self._tps:  # resolve the positions now, before anything is produced
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        key_of = self.key_of
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    self.records += 1
+                    ident = key_of(r) if key_of is not None else None
+                    if ident is not None and ident not in self.arrivals:
+                        self.arrivals[ident] = now
+            if batch:
+                if self.first_at is None:
+                    self.first_at = now
+                self.last_at = now
+                self.changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], *, idle_s: float) -> bool:
+        """Wait for ``predicate()``; give up after ``idle_s`` without any new record."""
+        while not predicate():
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), idle_s)
+            except TimeoutError:
+                return predicate()
+            if self._task is not None and self._task.done():
+                self._task.result()
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+def command_id_in_value(record: Any) -> bytes | None:
+    """The command id carried by an event or by a passed-through command document."""
+    try:
+        doc = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return None
+    cid = doc.get("command_id") if isinstance(doc, dict) else None
+    return cid.encode() if isinstance(cid, str) else None
+
+
+# --- child processes -------------------------------------------------------------------
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process use exactly these isolated settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"OPTOUT_{name.upper()}"] = str(raw)
+    env["OPTOUT_LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Child:
+    """A worker or passthrough process, with its JSON log lines read as they come.
+
+    The process under test runs apart from the load generator so the two do not share one
+    Python thread (and one GIL): that would charge the generator's work to the service.
+    """
+
+    name: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    assigned_at: float | None = None
+    assigned: asyncio.Event = field(default_factory=asyncio.Event)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    phase: str = "start"
+    _reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+        log_path = _log_path(name)
+        profile = os.environ.get("BENCH_PROFILE") == "1"
+        if profile:  # opt-in: cProfile slows the process down, the figures are not comparable
+            args = ("-m", "cProfile", "-o", str(log_path.with_suffix(".prof")), *args)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        child = cls(name, proc, log_path)
+        child._reader = asyncio.create_task(child._read_log())
+        return child
+
+    async def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        with self.log_path.open("wb") as out:
+            while line := await self.proc.stderr.readline():
+                out.write(line)
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(doc, dict):
+                    continue
+                event = doc.get("event")
+                if event == "partitions_assigned" and self.assigned_at is None:
+                    self.assigned_at = time.perf_counter()
+                    self.assigned.set()
+                elif event == "batch":
+                    doc["phase"] = self.phase
+                    self.batches.append(doc)
+
+    async def wait_assigned(self, within_s: float) -> float:
+        waiter = asyncio.create_task(self.assigned.wait())
+        exited = asyncio.create_task(self.proc.wait())
+        await asyncio.wait({waiter, exited}, timeout=within_s, return_when="FIRST_COMPLETED")
+        waiter.cancel()
+        exited.cancel()
+        if self.assigned_at is None:
+            raise RuntimeError(f"{self.name} got no partitions (see {self.log_path})")
+        return self.assigned_at
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    async def stop(self) -> None:
+        """SIGTERM (a clean stop: finish the batch, commit), SIGKILL if that takes too long."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+
+
+def _log_path(name: str) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    return RESULTS_DIR / f"{name}.log"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values) - idle) / ticks, sum(values) / ticks
+
+
+@dataclass
+class CpuWindow:
+    """CPU used during one measured phase: by the process under test, by this load
+    generator, and by the whole machine (the rest is Kafka, PostgreSQL, Redis and
+    whatever else runs on the machine)."""
+
+    child_pid: int
+    started: float = 0.0
+    child0: float = 0.0
+    self0: float = 0.0
+    busy0: float = 0.0
+
+    def __enter__(self) -> CpuWindow:
+        self.started = time.perf_counter()
+        self.child0 = process_cpu_seconds(self.child_pid)
+        self.self0 = time.process_time()
+        self.busy0 = machine_busy()[0]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.result = self.figures()
+
+    def figures(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.started
+        cores = os.cpu_count() or 1
+        child = process_cpu_seconds(self.child_pid) - self.child0
+        own = time.process_time() - self.self0
+        busy = machine_busy()[0] - self.busy0
+        return {
+            "wall_s": round(wall, 3),
+            "process_under_test_cpu_s": round(child, 2),
+            "load_generator_cpu_s": round(own, 2),
+            "machine_cpu_s": round(busy, 2),
+            # Kafka, PostgreSQL, Redis, and anything else running on the machine meanwhile.
+            "rest_of_machine_cpu_s": round(busy - child - own, 2),
+            "machine_utilisation": round(busy / (wall * cores), 3) if wall > 0 else 0.0,
+        }
+
+
+# --- isolation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Names of one benchmark run's private resources (all removed by ``cleanup``)."""
+
+    unique: str
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"bench.{self.unique}."
+
+    def service_settings(self, base: Settings) -> Settings:
+        u = self.unique
+        return base.model_copy(
+            update={
+                "database_schema": f"bench_{u}",
+                "redis_prefix": f"bench:{u}",
+                "topic_commands": f"bench.{u}.commands",
+                "topic_preferences": f"bench.{u}.preferences",
+                "topic_outcomes": f"bench.{u}.outcomes",
+                "topic_dlq": f"bench.{u}.dlq",
+                "consumer_group": f"bench.{u}.worker",
+                "http_port": free_port(),
+                "log_format": "json",
+            }
+        )
+
+    def passthrough_settings(self, base: Settings) -> tuple[Settings, str]:
+        u = self.unique
+        settings = base.model_copy(
+            update={
+                "topic_commands": f"bench.{u}.pt.commands",
+                "consumer_group": f"bench.{u}.passthrough",
+                "log_format": "json",
+            }
+        )
+        return settings, f"bench.{u}.pt.out"
+
+    async def prepare_schema(self, settings: Settings) -> None:
+        conn = await asyncpg.connect(settings.database_dsn)
+        try:
+            await migrate(conn, settings.database_schema)
+        finally:
+            await conn.close()
+
+    async def cleanup(self, settings: Settings) -> list[str]:
+        """Drop the schema, delete the Redis keys and the topics; return what failed."""
+        problems: list[str] = []
+        try:
+            conn = await asyncpg.connect(settings.database_dsn)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+            finally:
+                await conn.close()
+        except Exception as exc:
+            problems.append(f"postgresql: {type(exc).__name__}")
+        try:
+            redis = Redis.from_url(settings.redis_dsn)
+            try:
+                batch: list[bytes] = []
+                async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=5000):
+                    batch.append(key)
+                    if len(batch) >= 5000:
+                        await redis.delete(*batch)
+                        batch.clear()
+                if batch:
+                    await redis.delete(*batch)
+            finally:
+                await redis.aclose()
+        except Exception as exc:
+            problems.append(f"redis: {type(exc).__name__}")
+        try:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                mine = [t for t in await admin.list_topics() if t.startswith(self.topic_prefix)]
+                if mine:
+                    await admin.delete_topics(mine)
+            finally:
+                await admin.close()
+        except Exception as exc:
+            problems.append(f"kafka: {type(exc).__name__}")
+        return problems
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
+    await ensure_topics(bootstrap, [TopicSpec(name, partitions) for name in names])
+
+
+# --- statistics and machine ------------------------------------------------------------
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Nearest-rank percentiles (no interpolation: every figure is a measured sample)."""
+    if not samples_ms:
+        return {}
+    ordered = sorted(samples_ms)
+
+    def rank(p: float) -> float:
+        index = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
+        return round(ordered[index], 2)
+
+    return {
+        "count": len(ordered),
+        "min_ms": round(ordered[0], 2),
+        "p50_ms": rank(50),
+        "p90_ms": rank(90),
+        "p95_ms": rank(95),
+        "p99_ms": rank(99),
+        "p99_9_ms": rank(99.9),
+        "max_ms": round(ordered[-1], 2),
+        "mean_ms": round(sum(ordered) / len(ordered), 2),
+    }
+
+
+def ratio(service: float | None, baseline: float | None) -> float | None:
+    if not service or not baseline:
+        return None
+    return round(service / baseline, 3)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 2)
+    return None
+
+
+async def machine_info(settings: Settings) -> dict[str, Any]:
+    """What the figures were measured on, including the versions of the local stack."""
+    info: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _mem_total_gib(),
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    with contextlib.suppress(Exception):
+        conn = await asyncpg.connect(settings.database_dsn)
+        try:
+            info["postgresql"] = await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+    with contextlib.suppress(Exception):
+        redis = Redis.from_url(settings.redis_dsn)
+        try:
+            info["redis"] = (await redis.info("server")).get("redis_version")
+        finally:
+            await redis.aclose()
+    with contextlib.suppress(Exception):
+        import aiokafka
+
+        info["aiokafka"] = aiokafka.__version__
+    return info
+
+
+def write_json(path: Path, document: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
