@@ -13,12 +13,16 @@ from redis.asyncio import Redis
 
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.contract_publisher import ContractPublisher
+from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.topics import TopicSpec, ensure_topics
 from service.adapters.postgres.command_store import PostgresCommandStore
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
+from service.adapters.postgres.state_reader import PostgresStateReader
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
+from service.adapters.redis_reader import RedisStateReader
+from service.application.decisions import DecisionService
 from service.application.health import Readiness
 from service.application.process_commands import ProcessCommands
 from service.domain.catalog import DEFAULT_CATALOG, Catalog, load_catalog
@@ -48,11 +52,23 @@ class Container:
     cache: RedisStateCache
     store: PostgresCommandStore
     readiness: Readiness
+    decisions: DecisionService
     worker_state: WorkerState | None = None
 
 
 def load_configured_catalog(settings: Settings) -> Catalog:
     return load_catalog(settings.catalog_file) if settings.catalog_file else DEFAULT_CATALOG
+
+
+def build_decisions(
+    settings: Settings, catalog: Catalog, pool: asyncpg.Pool, redis: Redis
+) -> DecisionService:
+    """The read path's use cases; shared by the HTTP API and the SDK."""
+    cache = RedisStateCache(redis, settings.redis_prefix, settings.cache_ttl_seconds)
+    filler = RedisStateCache(redis, settings.redis_prefix, settings.cache_fill_ttl_seconds)
+    return DecisionService(
+        catalog, RedisStateReader(redis, cache), filler, PostgresStateReader(pool)
+    )
 
 
 async def run_migrations(settings: Settings) -> list[str]:
@@ -79,7 +95,10 @@ async def build_container(
         pool, catalog, max_future=timedelta(seconds=settings.max_future_seconds)
     )
     readiness = Readiness()
-    container = Container(settings, catalog, pool, redis, broker, cache, store, readiness)
+    decisions = build_decisions(settings, catalog, pool, redis)
+    container = Container(
+        settings, catalog, pool, redis, broker, cache, store, readiness, decisions
+    )
 
     async def postgres_probe() -> str | None:
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
@@ -98,13 +117,19 @@ async def build_container(
         await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
         state = WorkerState()
         container.worker_state = state
+        output = KafkaOutput(settings.kafka_bootstrap)
+        await output.start()
+        # The exit stack unwinds in reverse: the consumer stops before its producer closes.
+        stack.push_async_callback(output.stop)
         publisher = ContractPublisher(
-            broker,
+            output,
             preferences=settings.topic_preferences,
             outcomes=settings.topic_outcomes,
             dlq=settings.topic_dlq,
         )
-        process = ProcessCommands(store, cache, publisher, settings.max_record_bytes)
+        process = ProcessCommands(
+            store, cache, publisher, settings.max_record_bytes, max_lanes=settings.worker_lanes
+        )
         register_worker(
             broker,
             topic=settings.topic_commands,

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     database_url: SecretStr = SecretStr("postgresql://optout:optout@127.0.0.1:55432/optout")
     database_schema: str = Field(default="optout", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    database_pool_size: int = Field(default=4, ge=1, le=100)
+    database_pool_size: int = Field(default=6, ge=1, le=100)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:56379/0")
     redis_prefix: str = Field(default="optout", min_length=1)
     cache_ttl_seconds: int = Field(default=0, ge=0)
@@ -34,6 +34,7 @@ class Settings(BaseSettings):
 
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
     batch_wait_ms: int = Field(default=5, ge=0, le=1_000)
+    worker_lanes: int = Field(default=4, ge=1, le=64)
     max_record_bytes: int = Field(default=64 * 1024, ge=1_024)
     max_future_seconds: float = Field(default=300.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=5.0, gt=0)
@@ -41,6 +42,16 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65_535)
+    # NAME:TOKEN:SCOPES[,...]; a secret, parsed by service.entrypoints.auth.
+    api_tokens: SecretStr = SecretStr("")
+
+    # Read path: states copied from PostgreSQL into Redis on a miss expire, so ids that
+    # were only ever asked about do not stay in Redis for good.
+    cache_fill_ttl_seconds: int = Field(default=3_600, ge=0)
+    client_local_cache: bool = True
+    client_local_cache_size: int = Field(default=100_000, ge=1)
+    client_local_cache_max_age_seconds: float = Field(default=30.0, gt=0)
+    client_local_cache_stall_seconds: float = Field(default=2.0, gt=0)
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")

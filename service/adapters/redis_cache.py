@@ -14,19 +14,24 @@ from redis.asyncio import Redis
 from service.adapters.state_codec import decode_state, encode_state
 from service.domain.model import SubjectKey, SubjectState
 
-# KEYS[1] = subject key; ARGV = version, encoded state, ttl seconds (0 = none).
+# KEYS = subject keys; ARGV = ttl seconds (0 = none), then a version and an encoded state
+# per key. One script call per batch: Redis runs it atomically, and the client packs one
+# command instead of one per subject.
 _CAS_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], 'v')
-local version = tonumber(ARGV[1])
-if current and tonumber(current) >= version then
-  return 0
+local ttl = tonumber(ARGV[1])
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local current = redis.call('HGET', key, 'v')
+  if (not current) or tonumber(current) < version then
+    redis.call('HSET', key, 'v', version, 'd', ARGV[2 * i + 1])
+    if ttl > 0 then
+      redis.call('EXPIRE', key, ttl)
+    end
+    written = written + 1
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-end
-return 1
+return written
 """
 
 
@@ -42,19 +47,18 @@ class RedisStateCache:
         return f"{self._prefix}:s:{len(subject.tenant)}:{subject.tenant}:{subject.subject_id}"
 
     async def write(self, states: Iterable[SubjectState]) -> int:
-        """Store each state unless a newer one is cached; one round trip for all of them."""
+        """Store each state unless a newer one is cached; one round trip for all of them.
+
+        Returns how many were written (the others were older than what Redis holds).
+        """
         states = list(states)
         if not states:
             return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for state in states:
-                await self._cas(
-                    keys=[self.key(state.key)],
-                    args=[state.version, encode_state(state), self._ttl],
-                    client=pipe,
-                )
-            results = await pipe.execute()
-        return sum(int(r) for r in results)
+        args: list[bytes | int] = [self._ttl]
+        for state in states:
+            args.extend((state.version, encode_state(state)))
+        written = await self._cas(keys=[self.key(s.key) for s in states], args=args)
+        return int(written)
 
     async def read(self, subjects: Sequence[SubjectKey]) -> dict[SubjectKey, SubjectState]:
         """The cached states of the subjects that have one; a miss is simply absent."""

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -50,7 +51,9 @@ class TopicSpec:
     data_use: bool = False
 
 
+@lru_cache(maxsize=4096)
 def _lineage(topic: str) -> tuple[str, ...]:
+    # Asked for every change and every decision; the catalog's names are few, so cache.
     parts = topic.split(".")
     return tuple(".".join(parts[:i]) for i in range(len(parts), 0, -1))
 

@@ -7,9 +7,10 @@ imports or a future HTTP intake without going through JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import orjson
 
 from service.domain.model import Action, SubjectKey
 
@@ -77,8 +78,7 @@ def content_hash(command: Command) -> str:
         ],
         "reason": command.reason,
     }
-    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -9,8 +9,7 @@ from faststream.specification import AsyncAPI
 
 from service import __version__
 from service.adapters.kafka.broker import build_broker
-from service.adapters.kafka.contract_publisher import ContractPublisher
-from service.contract.v1 import CommandV1
+from service.contract.v1 import CommandV1, OutcomeV1, PreferenceChangedV1
 from service.settings import Settings
 
 ASYNCAPI_FILE = "asyncapi.json"
@@ -21,8 +20,8 @@ def asyncapi_document() -> str:
     settings = Settings.model_construct()  # the shipped defaults, whatever the environment
     broker = build_broker(settings.kafka_bootstrap)
 
-    # The worker takes raw records (one bad record must not fail a batch), so the payload
-    # type is declared here for the document; this handler never runs.
+    # The worker takes raw records (one bad record must not fail a batch) and sends through
+    # aiokafka, so the payload types are declared here for the document; nothing here runs.
     @broker.subscriber(
         settings.topic_commands,
         title="command",
@@ -31,11 +30,22 @@ def asyncapi_document() -> str:
     async def commands(body: CommandV1) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    ContractPublisher(
-        broker,
-        preferences=settings.topic_preferences,
-        outcomes=settings.topic_outcomes,
-        dlq=settings.topic_dlq,
+    broker.publisher(
+        settings.topic_preferences,
+        title="preference-changed",
+        description="One event per applied command, keyed by subject_id; compacted.",
+        schema=PreferenceChangedV1,
+    )
+    broker.publisher(
+        settings.topic_outcomes,
+        title="outcome",
+        description="One outcome per consumed command, keyed by command_id.",
+        schema=OutcomeV1,
+    )
+    broker.publisher(
+        settings.topic_dlq,
+        title="dead-letter",
+        description="Undecodable command records, original bytes, with x-error headers.",
     )
     spec = AsyncAPI(
         broker,

@@ -77,11 +77,39 @@ def run(
         pid_file.write_text(f"{os.getpid()}\n")
     base = f"http://{settings.http_host}:{settings.http_port}"
     typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
+    typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
     try:
         asyncio.run(serve(settings, with_worker=True))
     finally:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
+
+
+@app.command()
+def check(
+    subject: Annotated[str, typer.Argument(help="Subject id.")],
+    topic: Annotated[str, typer.Argument(help="Catalog topic, e.g. marketing.newsletter.")],
+    channel: Annotated[str, typer.Argument(help="Catalog channel, or * for a data use.")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the subject.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """May TOPIC be sent to SUBJECT on CHANNEL? Prints the decision and its reason."""
+    from service.client import OptoutClient, UnknownChannel, UnknownTopic
+    from service.entrypoints.api_models import DecisionOut
+
+    async def ask() -> DecisionOut:
+        async with await OptoutClient.connect(_settings(), local_cache=False) as client:
+            decision = await client.is_allowed(subject, topic, channel, tenant)
+        return DecisionOut.of(subject, tenant, decision)
+
+    try:
+        answer = asyncio.run(ask())
+    except (UnknownTopic, UnknownChannel) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if as_json:
+        typer.echo(answer.model_dump_json())
+    else:
+        typer.echo(f"{subject} {topic} {channel}: {answer.reason.explanation}")
 
 
 if __name__ == "__main__":

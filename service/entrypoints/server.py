@@ -14,6 +14,7 @@ import structlog
 import uvicorn
 
 from service.bootstrap import Container, build_container
+from service.entrypoints.auth import Authenticator, parse_tokens
 from service.entrypoints.http import build_http_app
 from service.settings import Settings
 
@@ -34,8 +35,11 @@ class Service:
             self.container = await build_container(
                 self.settings, self._stack, with_worker=self.with_worker
             )
+            auth = Authenticator(parse_tokens(self.settings.api_tokens.get_secret_value()))
+            if not len(auth):
+                log.warning("api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401")
             config = uvicorn.Config(
-                build_http_app(self.container.readiness),
+                build_http_app(self.container.readiness, self.container.decisions, auth),
                 host=self.settings.http_host,
                 port=self.settings.http_port,
                 log_config=None,

@@ -156,7 +156,9 @@ async def _process_until_done(
             return True
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     """Name the failure without its message: driver messages can quote row values (PII)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     code = getattr(exc, "sqlstate", None)
     return f"{type(exc).__name__} (sqlstate {code})" if code else type(exc).__name__

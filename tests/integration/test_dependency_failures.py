@@ -96,7 +96,8 @@ async def test_postgres_outage(settings: Settings) -> None:
             pg.start()
             await client.wait_for(lambda: len(client.outcomes) == 20, 60)
             assert (await readyz(own))[0] == 200
-            assert all(len(v) == 1 for v in client.outcomes.values())
+            # A batch retried after a partial failure re-publishes identical answers.
+            assert all(all(a == v[0] for a in v) for v in client.outcomes.values())
             await applied_once(own, first + second)
 
 
@@ -119,7 +120,8 @@ async def test_redis_outage(settings: Settings) -> None:
             assert len(client.outcomes) == 10
             redis.start()
             await client.wait_for(lambda: len(client.outcomes) == 20, 60)
-            assert all(len(v) == 1 for v in client.outcomes.values())
+            # A batch retried after a partial failure re-publishes identical answers.
+            assert all(all(a == v[0] for a in v) for v in client.outcomes.values())
             await applied_once(own, first + second)
             # The restarted Redis is empty; the replayed batch rewrote the touched subjects.
             for doc in second:

@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from service.adapters.postgres import queries
 from service.adapters.postgres.pool import Connection
-from service.contract.encode import event_json, outcome_json
+from service.application.ports import AppliedBatch
+from service.contract.encode import EncodedEvent, encode_events, outcome_json
 from service.contract.v1 import OutcomeV1, PreferenceChangedV1
 from service.domain.apply import BatchResult, ProcessedRecord, apply_batch
 from service.domain.catalog import Catalog
@@ -30,7 +32,7 @@ class PostgresCommandStore:
         self._catalog = catalog
         self._max_future = max_future
 
-    async def apply(self, records: Sequence[Received | Malformed]) -> BatchResult:
+    async def apply(self, records: Sequence[Received | Malformed]) -> AppliedBatch:
         keys = sorted({r.command.key for r in records if isinstance(r, Received)})
         tenants = [k.tenant for k in keys]
         subject_ids = [k.subject_id for k in keys]
@@ -40,13 +42,13 @@ class PostgresCommandStore:
         async with self._pool.acquire() as conn, conn.transaction():
             if keys:
                 await conn.execute(queries.ENSURE_SUBJECTS, tenants, subject_ids)
-            locked = await conn.fetch(queries.LOCK_SUBJECTS, tenants, subject_ids)
-            now: datetime = (
-                locked[0]["now"] if locked else await conn.fetchval("SELECT clock_timestamp()")
-            )
-            rule_rows = await conn.fetch(queries.LOAD_RULES, tenants, subject_ids) if keys else []
+                locked = await conn.fetch(queries.LOCK_SUBJECTS_WITH_RULES, tenants, subject_ids)
+                now: datetime = locked[0]["now"]
+            else:
+                locked = []
+                now = await conn.fetchval("SELECT clock_timestamp()")
             processed = await self._load_processed(conn, command_ids, records)
-            states = _states(locked, rule_rows)
+            states = _states(locked)
             result = apply_batch(
                 self._catalog,
                 states,
@@ -56,18 +58,9 @@ class PostgresCommandStore:
                 effective_at=now,
                 max_future=self._max_future,
             )
-            await self._store(conn, result)
-        return result
-
-    async def mark_published(self, events: Sequence[PreferenceChanged]) -> None:
-        if not events:
-            return
-        await self._pool.execute(
-            queries.MARK_PUBLISHED,
-            [e.tenant for e in events],
-            [e.subject_id for e in events],
-            [e.version for e in events],
-        )
+            new_events = encode_events(result.events)
+            await self._store(conn, result, new_events)
+        return AppliedBatch(result, [*encode_events(result.republish), *new_events])
 
     async def load_state(self, subject: SubjectKey) -> SubjectState:
         rows = await self._pool.fetch(queries.LOAD_SUBJECT, subject.tenant, subject.subject_id)
@@ -102,77 +95,79 @@ class PostgresCommandStore:
             for row in rows
         }
 
-    async def _store(self, conn: Connection, result: BatchResult) -> None:
-        if result.upserted_rules:
-            # One row per (subject, topic, channel): the final rule of the batch.
-            final: dict[tuple[SubjectKey, str, str], Rule] = {}
-            for key, rule in result.upserted_rules:
-                final[(key, rule.topic, rule.channel)] = result.changed[key].rules[
-                    (rule.topic, rule.channel)
-                ]
-            rows = [(k, r) for (k, _, _), r in final.items()]
-            await conn.execute(
-                queries.UPSERT_RULES,
-                [k.tenant for k, _ in rows],
-                [k.subject_id for k, _ in rows],
-                [r.topic for _, r in rows],
-                [r.channel for _, r in rows],
-                [r.action for _, r in rows],
-                [r.occurred_at for _, r in rows],
-                [r.source_channel for _, r in rows],
-                [r.command_id for _, r in rows],
-            )
-        if result.changed:
-            changed = list(result.changed.values())
-            await conn.execute(
-                queries.BUMP_VERSIONS,
-                [s.key.tenant for s in changed],
-                [s.key.subject_id for s in changed],
-                [s.version for s in changed],
-            )
-        if result.history:
-            h = result.history
-            await conn.execute(
-                queries.INSERT_HISTORY,
-                [e.key.tenant for e in h],
-                [e.key.subject_id for e in h],
-                [e.command_id for e in h],
-                [e.action for e in h],
-                [e.topic for e in h],
-                [e.channel for e in h],
-                [e.occurred_at for e in h],
-                [e.effective_at for e in h],
-                [e.source.channel for e in h],
-                [e.source.app for e in h],
-                [e.source.ip for e in h],
-                [e.source.user_agent for e in h],
-                [e.reason for e in h],
-            )
-        if result.events:
-            ev = result.events
-            await conn.execute(
-                queries.INSERT_EVENTS,
-                [e.tenant for e in ev],
-                [e.subject_id for e in ev],
-                [e.version for e in ev],
-                [e.command_id for e in ev],
-                [e.event_id for e in ev],
-                [e.effective_at for e in ev],
-                [event_json(e).decode() for e in ev],
-            )
-        if result.processed:
-            p = result.processed
-            await conn.execute(
-                queries.UPSERT_PROCESSED,
-                [x.command_id for x in p],
-                [x.content_hash for x in p],
-                [x.outcome.tenant for x in p],
-                [x.outcome.subject_id for x in p],
-                [x.delivery.topic for x in p],
-                [x.delivery.partition for x in p],
-                [x.delivery.offset for x in p],
-                [outcome_json(x.outcome).decode() for x in p],
-            )
+    async def _store(
+        self, conn: Connection, result: BatchResult, events: list[EncodedEvent]
+    ) -> None:
+        if not (result.changed or result.processed):
+            return
+        # One row per (subject, topic, channel): the final rule of the batch.
+        final = {
+            (key, rule.topic, rule.channel): result.changed[key].rules[(rule.topic, rule.channel)]
+            for key, rule in result.upserted_rules
+        }
+        await conn.execute(
+            queries.STORE_BATCH,
+            [
+                {
+                    "tenant": key.tenant,
+                    "subject_id": key.subject_id,
+                    "topic": r.topic,
+                    "channel": r.channel,
+                    "action": r.action,
+                    "occurred_at": r.occurred_at,
+                    "source_channel": r.source_channel,
+                    "command_id": r.command_id,
+                }
+                for (key, _, _), r in final.items()
+            ],
+            [
+                {"tenant": s.key.tenant, "subject_id": s.key.subject_id, "version": s.version}
+                for s in result.changed.values()
+            ],
+            [
+                {
+                    "tenant": h.key.tenant,
+                    "subject_id": h.key.subject_id,
+                    "command_id": h.command_id,
+                    "action": h.action,
+                    "topic": h.topic,
+                    "channel": h.channel,
+                    "occurred_at": h.occurred_at,
+                    "effective_at": h.effective_at,
+                    "source_channel": h.source.channel,
+                    "source_app": h.source.app,
+                    "source_ip": h.source.ip,
+                    "source_user_agent": h.source.user_agent,
+                    "reason": h.reason,
+                }
+                for h in result.history
+            ],
+            [
+                {
+                    "tenant": e.event.tenant,
+                    "subject_id": e.event.subject_id,
+                    "version": e.event.version,
+                    "command_id": e.event.command_id,
+                    "event_id": e.event.event_id,
+                    "effective_at": e.event.effective_at,
+                    "payload": orjson.Fragment(e.payload),
+                }
+                for e in events
+            ],
+            [
+                {
+                    "command_id": p.command_id,
+                    "content_hash": p.content_hash,
+                    "tenant": p.outcome.tenant,
+                    "subject_id": p.outcome.subject_id,
+                    "source_topic": p.delivery.topic,
+                    "source_partition": p.delivery.partition,
+                    "source_offset": p.delivery.offset,
+                    "outcome": orjson.Fragment(outcome_json(p.outcome)),
+                }
+                for p in result.processed
+            ],
+        )
 
 
 def _delivery(row: Any) -> Delivery:
@@ -190,16 +185,17 @@ def _rule(row: Any) -> Rule:
     )
 
 
-def _states(locked: Sequence[Any], rule_rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
+def _states(rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
+    """Subjects with their rules, from the rows of LOCK_SUBJECTS_WITH_RULES."""
+    versions: dict[SubjectKey, int] = {}
     rules: dict[SubjectKey, dict[tuple[str, str], Rule]] = {}
-    for row in rule_rows:
+    for row in rows:
         key = SubjectKey(row["tenant"], row["subject_id"])
-        rules.setdefault(key, {})[(row["topic"], row["channel"])] = _rule(row)
-    states = {}
-    for row in locked:
-        key = SubjectKey(row["tenant"], row["subject_id"])
-        states[key] = SubjectState(key, int(row["version"]), rules.get(key, {}))
-    return states
+        versions[key] = int(row["version"])
+        table = rules.setdefault(key, {})
+        if row["topic"] is not None:
+            table[(row["topic"], row["channel"])] = _rule(row)
+    return {key: SubjectState(key, version, rules[key]) for key, version in versions.items()}
 
 
 def _outcome(document: dict[str, Any]) -> Outcome:

@@ -78,9 +78,6 @@ CREATE TABLE preference_events (
     event_id      uuid        NOT NULL UNIQUE,
     effective_at  timestamptz NOT NULL,
     payload       jsonb       NOT NULL,
-    published_at  timestamptz,
     PRIMARY KEY (tenant, subject_id, version)
 );
 CREATE INDEX preference_events_command ON preference_events (command_id);
-CREATE INDEX preference_events_unpublished ON preference_events (effective_at)
-    WHERE published_at IS NULL;

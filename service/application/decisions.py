@@ -1,0 +1,166 @@
+"""The read path's use cases: "may I send this?" for one subject, a batch, or a campaign.
+
+States come from Redis; a miss is read from PostgreSQL and copied into Redis through the
+same version compare-and-set the worker uses, so a reader holding an old state can never
+overwrite the worker's newer one. Every answer comes from the domain's ``is_allowed``: the
+SDK, the HTTP API, the CLI and the worker share one rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.domain.catalog import Catalog
+from service.domain.decision import Rules, effective_preferences, is_allowed
+from service.domain.model import Decision, SubjectKey, SubjectState
+
+
+class CachedStates(Protocol):
+    async def read_one(self, key: SubjectKey) -> SubjectState | None: ...
+    async def read_many(
+        self, tenant: str, subject_ids: Sequence[str]
+    ) -> list[SubjectState | None]: ...
+    async def read_many_rules(
+        self, tenant: str, subject_ids: Sequence[str]
+    ) -> list[Rules | None]: ...
+
+
+class StateFiller(Protocol):
+    async def write(self, states: Iterable[SubjectState]) -> int: ...
+
+
+class StoredStates(Protocol):
+    async def load_states(self, keys: Sequence[SubjectKey]) -> dict[SubjectKey, SubjectState]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    subject_id: str
+    topic: str
+    channel: str
+    tenant: str = "default"
+
+    @property
+    def key(self) -> SubjectKey:
+        return SubjectKey(self.tenant, self.subject_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectPreferences:
+    """A subject's stored rules and what they mean for every catalog topic and channel."""
+
+    state: SubjectState
+    decisions: dict[tuple[str, str], Decision]
+
+
+class DecisionService:
+    def __init__(
+        self, catalog: Catalog, cache: CachedStates, filler: StateFiller, store: StoredStates
+    ) -> None:
+        self.catalog = catalog
+        self._cache = cache
+        self._filler = filler
+        self._store = store
+
+    def validate(self, topic: str, channel: str) -> Decision:
+        """The answer for a subject with no rules; raises ``UnknownTopic``/``UnknownChannel``.
+
+        Asked before any I/O, so a typo costs no round trip, and with the domain function
+        itself, so "valid question" means exactly what the worker means by it.
+        """
+        return is_allowed(self.catalog, {}, topic, channel)
+
+    def decide(self, state: SubjectState, topic: str, channel: str) -> Decision:
+        return is_allowed(self.catalog, state, topic, channel)
+
+    async def state(self, key: SubjectKey) -> SubjectState:
+        cached = await self._cache.read_one(key)
+        if cached is not None:
+            return cached
+        return (await self._fill([key]))[key]
+
+    async def states(self, tenant: str, subject_ids: Sequence[str]) -> list[SubjectState]:
+        """States of many subjects of one tenant, in order: a few Redis calls, one SQL query."""
+        cached = await self._cache.read_many(tenant, subject_ids)
+        missing = [
+            SubjectKey(tenant, sid) for sid, s in zip(subject_ids, cached, strict=True) if s is None
+        ]
+        if not missing:
+            return [s for s in cached if s is not None]
+        loaded = await self._fill(missing)
+        return [
+            s if s is not None else loaded[SubjectKey(tenant, sid)]
+            for sid, s in zip(subject_ids, cached, strict=True)
+        ]
+
+    async def _fill(self, keys: Sequence[SubjectKey]) -> dict[SubjectKey, SubjectState]:
+        loaded = await self._store.load_states(keys)
+        # Unknown subjects are cached too (version 0), so a campaign does not query
+        # PostgreSQL for them on every send; the worker's first write (version 1) wins the CAS.
+        await self._filler.write(loaded.values())
+        return loaded
+
+    async def is_allowed(self, key: SubjectKey, topic: str, channel: str) -> Decision:
+        empty = self.validate(topic, channel)
+        if empty.basis == "mandatory":
+            return empty
+        return self.decide(await self.state(key), topic, channel)
+
+    async def preferences(self, key: SubjectKey) -> SubjectPreferences:
+        return self.preferences_of(await self.state(key))
+
+    def preferences_of(self, state: SubjectState) -> SubjectPreferences:
+        return SubjectPreferences(state, effective_preferences(self.catalog, state))
+
+    async def check_many(self, questions: Sequence[Question]) -> list[Decision]:
+        """Decisions for mixed questions; every question is validated before any I/O."""
+        for question in questions:
+            self.validate(question.topic, question.channel)
+        by_tenant: dict[str, list[str]] = {}
+        for question in questions:
+            by_tenant.setdefault(question.tenant, []).append(question.subject_id)
+        states: dict[SubjectKey, SubjectState] = {}
+        for tenant, ids in by_tenant.items():
+            unique = list(dict.fromkeys(ids))
+            for state in await self.states(tenant, unique):
+                states[state.key] = state
+        return [self.decide(states[q.key], q.topic, q.channel) for q in questions]
+
+    def allowed_among(
+        self, subjects: Iterable[tuple[str, Rules]], topic: str, channel: str
+    ) -> list[str]:
+        """Ids of the (subject id, rules) pairs whose rules allow the message, in order.
+
+        A subject without rules gets the answer computed once for the empty rule set, which
+        is what ``is_allowed`` would return for each of them; the rest are decided one by one.
+        """
+        empty = self.validate(topic, channel)
+        catalog = self.catalog
+        return [
+            subject_id
+            for subject_id, rules in subjects
+            if (is_allowed(catalog, rules, topic, channel).allowed if rules else empty.allowed)
+        ]
+
+    async def filter_allowed(
+        self, tenant: str, subject_ids: Sequence[str], topic: str, channel: str
+    ) -> list[str]:
+        """The ids a campaign may send to; a mandatory topic needs no lookup at all.
+
+        Reads rules only (no full states): at 10,000 ids, building objects is the cost.
+        """
+        empty = self.validate(topic, channel)
+        if empty.basis == "mandatory":
+            return list(subject_ids)
+        found = await self._cache.read_many_rules(tenant, subject_ids)
+        missing = [
+            SubjectKey(tenant, sid) for sid, r in zip(subject_ids, found, strict=True) if r is None
+        ]
+        loaded = await self._fill(missing) if missing else {}
+        rules = (
+            (sid, r if r is not None else loaded[SubjectKey(tenant, sid)].rules)
+            for sid, r in zip(subject_ids, found, strict=True)
+        )
+        return self.allowed_among(rules, topic, channel)
