@@ -27,7 +27,11 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
         dsn,
         min_size=1,
         max_size=size,
-        server_settings={"search_path": schema, "application_name": "optout"},
+        server_settings={
+            "search_path": schema,
+            "application_name": "optout",
+            "plan_cache_mode": "force_custom_plan",
+        },
         init=_init_connection,
         command_timeout=30,
     )
