@@ -75,7 +75,7 @@ CREATE TABLE preference_events (
     subject_id    text        NOT NULL,
     version       bigint      NOT NULL,
     command_id    text        NOT NULL,
-    event_id      uuid        NOT NULL UNIQUE,
+    event_id      uuid        NOT NULL,
     effective_at  timestamptz NOT NULL,
     payload       jsonb       NOT NULL,
     PRIMARY KEY (tenant, subject_id, version)
