@@ -76,7 +76,9 @@ def decode_command(
     if command_id is None:
         return DeadLetter("no readable command_id (a string of 1-128 characters)")
     try:
-        model = CommandV1.model_validate(document)
+        # The model's validator itself: exactly what `model_validate` calls, minus a
+        # Python-level wrapper that costs a noticeable share of decoding a small command.
+        model: CommandV1 = CommandV1.__pydantic_validator__.validate_python(document)
     except ValidationError as exc:
         try:
             digest = _canonical_hash(document)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -49,6 +50,10 @@ class TopicSpec:
     default_allowed: bool = True
     mandatory: bool = False
     data_use: bool = False
+
+
+_MANDATORY: Callable[[TopicSpec], bool] = attrgetter("mandatory")
+_DATA_USE: Callable[[TopicSpec], bool] = attrgetter("data_use")
 
 
 @lru_cache(maxsize=4096)
@@ -96,16 +101,34 @@ class Catalog:
 
     def is_mandatory(self, topic: str) -> bool:
         """True if the topic or any ancestor is mandatory; `*` is never mandatory."""
-        return any(
-            (spec := self.topics.get(name)) is not None and spec.mandatory
-            for name in _lineage(topic)
-        )
+        if topic in self.topics:
+            return topic in self.mandatory_topics
+        return self._along_lineage(topic, _MANDATORY)
 
     def is_data_use(self, topic: str) -> bool:
         """True if the topic or any ancestor is a data-use topic."""
+        if topic in self.topics:
+            return topic in self.data_use_topics
+        return self._along_lineage(topic, _DATA_USE)
+
+    @cached_property
+    def mandatory_topics(self) -> frozenset[str]:
+        """The catalog topics that are mandatory, themselves or through an ancestor.
+
+        Resolved once per catalog (it never changes), since every change of every command is
+        checked against it.
+        """
+        return frozenset(name for name in self.topics if self._along_lineage(name, _MANDATORY))
+
+    @cached_property
+    def data_use_topics(self) -> frozenset[str]:
+        """The catalog topics that are data uses, themselves or through an ancestor."""
+        return frozenset(name for name in self.topics if self._along_lineage(name, _DATA_USE))
+
+    def _along_lineage(self, topic: str, flag: Callable[[TopicSpec], bool]) -> bool:
+        """True if `flag` holds for the topic or any ancestor that is a catalog topic."""
         return any(
-            (spec := self.topics.get(name)) is not None and spec.data_use
-            for name in _lineage(topic)
+            (spec := self.topics.get(name)) is not None and flag(spec) for name in _lineage(topic)
         )
 
     def default_allowed(self, topic: str) -> bool:

@@ -38,8 +38,11 @@ class Rule:
     command_id: str
 
     def __post_init__(self) -> None:
-        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
-            # Naive times compare against aware ones by raising; refuse them at the door.
+        # Naive times compare against aware ones by raising; refuse them at the door. Nearly
+        # every rule is stamped in UTC (decoding normalises to it), so that identity test
+        # spares the costlier `utcoffset()` call on the hot path.
+        tzinfo = self.occurred_at.tzinfo
+        if tzinfo is not UTC and (tzinfo is None or self.occurred_at.utcoffset() is None):
             raise ValueError("Rule.occurred_at must be timezone-aware")
 
     def precedence_key(self) -> tuple[datetime, bool, str]:
@@ -71,11 +74,30 @@ class SubjectState:
     @classmethod
     def empty(cls, key: SubjectKey) -> SubjectState:
         """The state of a subject who never said anything: version 0, every default applies."""
-        return cls(key=key, version=0, rules={})
+        return cls.adopting(key, 0, {})
+
+    @classmethod
+    def adopting(
+        cls, key: SubjectKey, version: int, rules: dict[tuple[str, str], Rule]
+    ) -> SubjectState:
+        """A state that takes ownership of `rules` instead of copying it.
+
+        For callers that built `rules` themselves and never touch it again (the batch core
+        makes one new state per applied command): the read-only view is then all the
+        protection needed, and the defensive copy of `__init__` would be pure cost.
+        """
+        state = object.__new__(cls)
+        # Frozen dataclass: fields are set the way its generated `__init__` sets them,
+        # skipping only `__post_init__` and its copy.
+        object.__setattr__(state, "key", key)
+        object.__setattr__(state, "version", version)
+        object.__setattr__(state, "rules", MappingProxyType(rules))
+        return state
 
     def sorted_rules(self) -> tuple[Rule, ...]:
         """Rules in a stable order, so snapshots and events are byte-for-byte reproducible."""
-        return tuple(self.rules[pair] for pair in sorted(self.rules))
+        rules = self.rules
+        return tuple([rules[pair] for pair in sorted(rules)])
 
 
 def _utc_iso(moment: datetime) -> str:
