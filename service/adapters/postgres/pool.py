@@ -1,4 +1,4 @@
-"""asyncpg pool bound to the service's schema, with jsonb decoded by orjson."""
+"""asyncpg pool bound to the service's schema, with json and jsonb handled by orjson."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda value: orjson.dumps(value).decode(),
-        decoder=orjson.loads,
-        schema="pg_catalog",
-    )
+    for json_type in ("json", "jsonb"):
+        await conn.set_type_codec(
+            json_type,
+            encoder=lambda value: orjson.dumps(value).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
 
 
 async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:

@@ -88,7 +88,7 @@ events AS (
     SELECT tenant, subject_id, version, command_id, event_id, effective_at, payload
     FROM jsonb_to_recordset($4::jsonb) AS x(
         tenant text, subject_id text, version bigint, command_id text, event_id uuid,
-        effective_at timestamptz, payload jsonb)
+        effective_at timestamptz, payload json)
     ON CONFLICT DO NOTHING
 ),
 processed AS (
@@ -98,7 +98,7 @@ processed AS (
            source_offset, outcome
     FROM jsonb_to_recordset($5::jsonb) AS x(
         command_id text, content_hash text, tenant text, subject_id text, source_topic text,
-        source_partition integer, source_offset bigint, outcome jsonb)
+        source_partition integer, source_offset bigint, outcome json)
     ON CONFLICT (command_id) DO UPDATE
     SET content_hash = EXCLUDED.content_hash,
         tenant = EXCLUDED.tenant,
