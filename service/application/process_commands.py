@@ -54,9 +54,8 @@ class ProcessCommands:
     lanes on a shared subject. A failing lane cancels the others; the whole batch is then
     retried and the lanes that had committed replay their stored answers.
 
-    Each lane pays the fixed cost of a transaction, so on a small machine where the
-    database shares the cores one lane is fastest (see the README's benchmarks); more
-    lanes pay off when PostgreSQL has cores of its own.
+    Each lane pays the fixed cost of a transaction, so more lanes are not always faster:
+    on the 2-core benchmark machine three lanes beat one and six (README, Benchmarks).
     """
 
     def __init__(
