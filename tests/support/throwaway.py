@@ -46,6 +46,7 @@ class ThrowawayPostgres:
             check=True,
             capture_output=True,
             timeout=60,
+            cwd="/",
         )
 
     def start(self) -> None:
@@ -68,6 +69,7 @@ def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
         check=True,
         capture_output=True,
         timeout=120,
+        cwd="/",
     )
     instance = ThrowawayPostgres(port=port, data=data, bindir=bindir)
     instance.start()
