@@ -234,13 +234,7 @@ def command_id_in_value(record: Any) -> bytes | None:
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a child process use exactly these isolated settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"OPTOUT_{name.upper()}"] = str(raw)
-    env["OPTOUT_LOG_FORMAT"] = "json"
+    env = {**os.environ, **settings.as_environment(), "OPTOUT_LOG_FORMAT": "json"}
     env.update(extra)
     return env
 

@@ -14,67 +14,24 @@ import argparse
 import gc
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import orjson
-
+from benchmarks.common import CommandGenerator
 from service.contract.decode import DeadLetter, decode_command
 from service.domain.apply import ProcessedRecord, apply_batch
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Delivery, Malformed, Received
 from service.domain.model import Rule, SubjectKey, SubjectState
 
-_MESSAGE_TOPICS = (
-    "marketing",
-    "marketing.newsletter",
-    "marketing.promotions",
-    "product",
-    "product.updates",
-    "product.tips",
-    "reminders",
-)
-_DATA_TOPICS = ("data.analytics", "data.personalization", "data.sale")
-_CHANNELS = ("email", "sms", "push", "in_app", "voice", "whatsapp")
-_SOURCES = ("web", "mobile", "api", "email", "sms")
 _BATCH = 500
 _MAX_BYTES = 64 * 1024
 
 
-def _change(rng: random.Random) -> dict[str, str]:
-    action = "opt_out" if rng.random() < 0.7 else "opt_in"
-    roll = rng.random()
-    if roll < 0.1:
-        return {"action": action, "topic": rng.choice(_DATA_TOPICS), "channel": "*"}
-    if roll < 0.15:
-        return {"action": action, "topic": "*", "channel": rng.choice(_CHANNELS)}
-    channel = "*" if roll < 0.2 else rng.choice(_CHANNELS)
-    return {"action": action, "topic": rng.choice(_MESSAGE_TOPICS), "channel": channel}
-
-
-def generate(count: int, subjects: int, now: datetime, seed: int) -> list[bytes]:
-    """Command values as a producer would publish them (the worker's benchmark mix)."""
-    rng = random.Random(seed)
-    values = []
-    for _ in range(count):
-        occurred = now - timedelta(milliseconds=rng.randrange(60_000))
-        doc: dict[str, object] = {
-            "command_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "subject_id": f"user-{rng.randrange(subjects)}",
-            "occurred_at": occurred.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "source": {
-                "channel": rng.choice(_SOURCES),
-                "app": "bench",
-                "ip": "203.0.113.7",
-                "user_agent": "Mozilla/5.0 (bench)",
-            },
-            "changes": [_change(rng) for _ in range(rng.choice((1, 1, 2, 3)))],
-        }
-        if rng.random() < 0.2:
-            doc["reason"] = "too many messages"
-        values.append(orjson.dumps(doc))
-    return values
+def generate(count: int, subjects: int, seed: int) -> list[bytes]:
+    """Command values as a producer would publish them (the write-path benchmark's mix)."""
+    generator = CommandGenerator(subjects, seed)
+    return [generator.next()[2] for _ in range(count)]
 
 
 def _decode_all(values: Sequence[bytes]) -> list[Received | Malformed]:
@@ -128,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     now = datetime.now(UTC)
-    values = generate(args.commands, args.subjects, now, seed=42)
+    values = generate(args.commands, args.subjects, seed=42)
     decoded = _decode_all(values)
     batches = [decoded[i : i + _BATCH] for i in range(0, len(decoded), _BATCH)]
     stored = _stored_states(batches, now)

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``OPTOUT_*`` variables, for starting another process with them."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"OPTOUT_{name.upper()}"] = str(raw)
+        return env
+
     @cached_property
     def database_dsn(self) -> str:
         return self.database_url.get_secret_value()

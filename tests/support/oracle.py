@@ -59,14 +59,7 @@ def expected_rules(commands: list[dict[str, Any]]) -> dict[str, dict[tuple[str, 
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"OPTOUT_{name.upper()}"] = str(raw)
-    env["OPTOUT_LOG_FORMAT"] = "json"
-    return env
+    return {**os.environ, **settings.as_environment(), "OPTOUT_LOG_FORMAT": "json"}
 
 
 def start_worker(settings: Settings, log_path: Path, http_port: int) -> subprocess.Popen[bytes]:

@@ -16,6 +16,7 @@ import orjson
 
 from service.adapters.postgres import queries
 from service.adapters.postgres.pool import Connection
+from service.adapters.postgres.rows import rule_from_row
 from service.application.ports import AppliedBatch
 from service.contract.encode import EncodedEvent, encode_events, outcome_json
 from service.contract.v1 import OutcomeV1, PreferenceChangedV1
@@ -66,7 +67,9 @@ class PostgresCommandStore:
         rows = await self._pool.fetch(queries.LOAD_SUBJECT, subject.tenant, subject.subject_id)
         if not rows:
             return SubjectState.empty(subject)
-        rules = {(r["topic"], r["channel"]): _rule(r) for r in rows if r["topic"] is not None}
+        rules = {
+            (r["topic"], r["channel"]): rule_from_row(r) for r in rows if r["topic"] is not None
+        }
         return SubjectState(subject, int(rows[0]["version"]), rules)
 
     async def _load_processed(
@@ -174,17 +177,6 @@ def _delivery(row: Any) -> Delivery:
     return Delivery(row["source_topic"], row["source_partition"], row["source_offset"])
 
 
-def _rule(row: Any) -> Rule:
-    return Rule(
-        topic=row["topic"],
-        channel=row["channel"],
-        action=row["action"],
-        occurred_at=row["occurred_at"],
-        source_channel=row["source_channel"],
-        command_id=row["command_id"],
-    )
-
-
 def _states(rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
     """Subjects with their rules, from the rows of LOCK_SUBJECTS_WITH_RULES."""
     versions: dict[SubjectKey, int] = {}
@@ -194,7 +186,7 @@ def _states(rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
         versions[key] = int(row["version"])
         table = rules.setdefault(key, {})
         if row["topic"] is not None:
-            table[(row["topic"], row["channel"])] = _rule(row)
+            table[(row["topic"], row["channel"])] = rule_from_row(row)
     return {key: SubjectState(key, version, rules[key]) for key, version in versions.items()}
 
 

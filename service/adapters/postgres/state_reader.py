@@ -7,10 +7,10 @@ must answer for thousands of subjects in one round trip when a campaign filter m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
+from service.adapters.postgres.rows import rule_from_row
 from service.domain.model import Rule, SubjectKey, SubjectState
 
 # One statement for one or many subjects: subjects that are unknown simply have no row.
@@ -48,21 +48,10 @@ class PostgresStateReader:
             key = SubjectKey(row["tenant"], row["subject_id"])
             versions[key] = int(row["version"])
             if row["topic"] is not None:
-                rules.setdefault(key, {})[(row["topic"], row["channel"])] = _rule(row)
+                rules.setdefault(key, {})[(row["topic"], row["channel"])] = rule_from_row(row)
         return {
             key: SubjectState(key, versions[key], rules.get(key, {}))
             if key in versions
             else SubjectState.empty(key)
             for key in dict.fromkeys(keys)
         }
-
-
-def _rule(row: Any) -> Rule:
-    return Rule(
-        topic=row["topic"],
-        channel=row["channel"],
-        action=row["action"],
-        occurred_at=row["occurred_at"],
-        source_channel=row["source_channel"],
-        command_id=row["command_id"],
-    )
