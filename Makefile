@@ -42,7 +42,7 @@ test-unit: venv ## fast tests that need no service
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service
+	$(BIN)/mypy service tests benchmarks
 
 fmt: venv ## format the code
 	$(BIN)/ruff format .

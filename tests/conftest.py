@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from service.adapters.postgres.migrator import migrate
@@ -42,8 +43,8 @@ async def settings(endpoints: Endpoints, unique: str) -> AsyncIterator[Settings]
     """Settings isolated for one test; its schema is migrated and dropped afterwards."""
     isolated = Settings(
         kafka_bootstrap=endpoints.kafka_bootstrap,
-        database_url=endpoints.database_url,  # type: ignore[arg-type]
-        redis_url=endpoints.redis_url,  # type: ignore[arg-type]
+        database_url=SecretStr(endpoints.database_url),
+        redis_url=SecretStr(endpoints.redis_url),
         database_schema=f"t_{unique}",
         redis_prefix=f"t:{unique}",
         topic_commands=f"t.{unique}.commands",

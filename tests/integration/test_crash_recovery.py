@@ -32,7 +32,7 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
 
 async def produce(client: ContractClient, stream: list[dict[str, object]]) -> None:
     for i, doc in enumerate(stream):
-        await client.send(doc)  # type: ignore[arg-type]
+        await client.send(doc)
         if i % 50 == 0:
             await asyncio.sleep(0.05)
 

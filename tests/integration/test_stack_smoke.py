@@ -45,6 +45,7 @@ async def test_postgres_round_trip_through_migrated_schema(settings: Settings) -
         assert next(r["version"] for r in versions) == "0001_core"
         await conn.execute("INSERT INTO subjects (tenant, subject_id) VALUES ($1, $2)", "t", "s1")
         row = await conn.fetchrow("SELECT tenant, subject_id, version FROM subjects")
+        assert row is not None
         assert tuple(row) == ("t", "s1", 0)
     finally:
         await conn.close()

@@ -25,7 +25,7 @@ class Endpoints:
 
 def _docker_reachable() -> bool:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         docker.from_env().ping()
     except Exception:
