@@ -43,7 +43,8 @@ ORDER BY tenant, subject_id, version
 """
 
 # Every write of a batch in one statement (one round trip): each part reads its rows from
-# a jsonb array, which orjson builds far faster than the driver encodes typed arrays.
+# a json array (plain json: PostgreSQL parses it faster than jsonb), which orjson builds far
+# faster than the driver encodes typed arrays.
 # The rules upsert re-checks last-writer-wins in SQL, so it is correct even without the
 # row locks; a stored rejection may be replaced (a producer can fix and resend a command
 # under the same id), an applied or unchanged answer is final.
@@ -53,7 +54,7 @@ upsert_rules AS (
     INSERT INTO rules (tenant, subject_id, topic, channel, action, occurred_at,
                        source_channel, command_id)
     SELECT tenant, subject_id, topic, channel, action, occurred_at, source_channel, command_id
-    FROM jsonb_to_recordset($1::jsonb) AS x(
+    FROM json_to_recordset($1::json) AS x(
         tenant text, subject_id text, topic text, channel text, action text,
         occurred_at timestamptz, source_channel text, command_id text)
     ON CONFLICT (tenant, subject_id, topic, channel) DO UPDATE
@@ -68,7 +69,7 @@ upsert_rules AS (
 bump_versions AS (
     UPDATE subjects s
     SET version = x.version, updated_at = now()
-    FROM jsonb_to_recordset($2::jsonb) AS x(tenant text, subject_id text, version bigint)
+    FROM json_to_recordset($2::json) AS x(tenant text, subject_id text, version bigint)
     WHERE s.tenant = x.tenant AND s.subject_id = x.subject_id AND s.version < x.version
 ),
 history AS (
@@ -77,7 +78,7 @@ history AS (
                                  source_ip, source_user_agent, reason)
     SELECT tenant, subject_id, command_id, action, topic, channel, occurred_at, effective_at,
            source_channel, source_app, source_ip, source_user_agent, reason
-    FROM jsonb_to_recordset($3::jsonb) AS x(
+    FROM json_to_recordset($3::json) AS x(
         tenant text, subject_id text, command_id text, action text, topic text, channel text,
         occurred_at timestamptz, effective_at timestamptz, source_channel text,
         source_app text, source_ip text, source_user_agent text, reason text)
@@ -86,7 +87,7 @@ events AS (
     INSERT INTO preference_events (tenant, subject_id, version, command_id, event_id,
                                    effective_at, payload)
     SELECT tenant, subject_id, version, command_id, event_id, effective_at, payload
-    FROM jsonb_to_recordset($4::jsonb) AS x(
+    FROM json_to_recordset($4::json) AS x(
         tenant text, subject_id text, version bigint, command_id text, event_id uuid,
         effective_at timestamptz, payload json)
     ON CONFLICT DO NOTHING
@@ -96,7 +97,7 @@ processed AS (
                                     source_topic, source_partition, source_offset, outcome)
     SELECT command_id, content_hash, tenant, subject_id, source_topic, source_partition,
            source_offset, outcome
-    FROM jsonb_to_recordset($5::jsonb) AS x(
+    FROM json_to_recordset($5::json) AS x(
         command_id text, content_hash text, tenant text, subject_id text, source_topic text,
         source_partition integer, source_offset bigint, outcome json)
     ON CONFLICT (command_id) DO UPDATE
