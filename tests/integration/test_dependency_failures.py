@@ -8,6 +8,7 @@ application and its outcome. Each test stops a server of its own, never the shar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -73,6 +74,40 @@ async def send_all(client: ContractClient, docs: list[dict[str, Any]]) -> None:
         await client.send(doc)
 
 
+async def assert_survives_outage(
+    own: Settings, prefix: str, check: str, stop: Callable[[], None], start: Callable[[], None]
+) -> None:
+    """Answer a first batch, lose the dependency, send a second, get it back: all answered once.
+
+    While the dependency is down the consumer reports not ready naming it, and no outcome
+    is published: PostgreSQL may even have committed, but no outcome may claim "applied"
+    before the cache agrees with it.
+    """
+    first, second = batch_of(prefix, 10), batch_of(prefix, 10)
+    async with Service(own, with_worker=True), ContractClient(own) as client:
+        await send_all(client, first)
+        await client.wait_for(lambda: len(client.outcomes) == 10)
+        stop()
+        await send_all(client, second)
+        body = await until_not_ready(own, "consumer")
+        assert body["checks"][check] is not None
+        await asyncio.sleep(1.0)
+        assert len(client.outcomes) == 10, f"nothing may be answered while {check} is down"
+        start()
+        await client.wait_for(lambda: len(client.outcomes) == 20, 60)
+        # The handler clears its failure right after the acks, a moment after the outcomes.
+        for _ in range(100):
+            if (await readyz(own))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await readyz(own))[0] == 200
+        # A batch retried after a partial failure re-publishes identical answers.
+        assert all(all(a == v[0] for a in v) for v in client.outcomes.values())
+        for doc in second:
+            assert client.outcomes[doc["command_id"]][0]["status"] == "applied"
+        await applied_once(own, first + second)
+
+
 async def test_postgres_outage(settings: Settings) -> None:
     with throwaway_postgres(free_port()) as pg:
         conn = await asyncpg.connect(pg.url)
@@ -83,22 +118,7 @@ async def test_postgres_outage(settings: Settings) -> None:
         own = settings.model_copy(
             update={"database_url": SecretStr(pg.url), "retry_backoff_max_seconds": 0.5}
         )
-        first, second = batch_of("pg", 10), batch_of("pg", 10)
-        async with Service(own, with_worker=True), ContractClient(own) as client:
-            await send_all(client, first)
-            await client.wait_for(lambda: len(client.outcomes) == 10)
-            pg.stop()
-            await send_all(client, second)
-            body = await until_not_ready(own, "consumer")
-            assert body["checks"]["postgresql"] is not None
-            await asyncio.sleep(1.0)
-            assert len(client.outcomes) == 10, "nothing may be answered while PostgreSQL is down"
-            pg.start()
-            await client.wait_for(lambda: len(client.outcomes) == 20, 60)
-            assert (await readyz(own))[0] == 200
-            # A batch retried after a partial failure re-publishes identical answers.
-            assert all(all(a == v[0] for a in v) for v in client.outcomes.values())
-            await applied_once(own, first + second)
+        await assert_survives_outage(own, "pg", "postgresql", pg.stop, pg.start)
 
 
 async def test_redis_outage(settings: Settings) -> None:
@@ -106,26 +126,7 @@ async def test_redis_outage(settings: Settings) -> None:
         own = settings.model_copy(
             update={"redis_url": SecretStr(redis.url), "retry_backoff_max_seconds": 0.5}
         )
-        first, second = batch_of("rd", 10), batch_of("rd", 10)
-        async with Service(own, with_worker=True), ContractClient(own) as client:
-            await send_all(client, first)
-            await client.wait_for(lambda: len(client.outcomes) == 10)
-            redis.stop()
-            await send_all(client, second)
-            body = await until_not_ready(own, "consumer")
-            assert body["checks"]["redis"] is not None
-            await asyncio.sleep(1.0)
-            # PostgreSQL may have committed, but no outcome may claim "applied" before the
-            # cache agrees with it.
-            assert len(client.outcomes) == 10
-            redis.start()
-            await client.wait_for(lambda: len(client.outcomes) == 20, 60)
-            # A batch retried after a partial failure re-publishes identical answers.
-            assert all(all(a == v[0] for a in v) for v in client.outcomes.values())
-            await applied_once(own, first + second)
-            # The restarted Redis is empty; the replayed batch rewrote the touched subjects.
-            for doc in second:
-                assert client.outcomes[doc["command_id"]][0]["status"] == "applied"
+        await assert_survives_outage(own, "rd", "redis", redis.stop, redis.start)
 
 
 async def test_kafka_outage(settings: Settings) -> None:

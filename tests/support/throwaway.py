@@ -81,6 +81,21 @@ def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], name: str, *, within_s: float
+) -> None:
+    """Return once the server accepts connections; fail fast if its process died."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"throwaway {name} exited")
+        time.sleep(0.05)
+    raise RuntimeError(f"throwaway {name} did not start")
+
+
 @dataclass
 class ThrowawayRedis:
     port: int
@@ -109,13 +124,7 @@ class ThrowawayRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("throwaway redis did not start")
+        _wait_for_port(self.port, self.process, "redis", within_s=10)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -221,15 +230,7 @@ class ThrowawayKafka:
             stdout=log,
             stderr=log,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.process.poll() is not None:
-                raise RuntimeError("throwaway kafka exited")
-            time.sleep(0.2)
-        raise RuntimeError("throwaway kafka did not start")
+        _wait_for_port(self.port, self.process, "kafka", within_s=60)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -16,7 +16,7 @@ import orjson
 
 from service.adapters.postgres import queries
 from service.adapters.postgres.pool import Connection
-from service.adapters.postgres.rows import rule_from_row
+from service.adapters.postgres.rows import states_from_rows
 from service.application.ports import AppliedBatch
 from service.contract.encode import EncodedEvent, encode_events, outcome_json
 from service.contract.v1 import OutcomeV1, PreferenceChangedV1
@@ -24,7 +24,7 @@ from service.domain.apply import BatchResult, ProcessedRecord, apply_batch
 from service.domain.catalog import Catalog
 from service.domain.commands import Delivery, Malformed, Received
 from service.domain.events import AppliedChange, Outcome, PreferenceChanged
-from service.domain.model import Rule, SubjectKey, SubjectState
+from service.domain.model import Rule
 
 
 class PostgresCommandStore:
@@ -49,7 +49,7 @@ class PostgresCommandStore:
                 locked = []
                 now = await conn.fetchval("SELECT clock_timestamp()")
             processed = await self._load_processed(conn, command_ids, records)
-            states = _states(locked)
+            states = states_from_rows(locked)
             result = apply_batch(
                 self._catalog,
                 states,
@@ -62,15 +62,6 @@ class PostgresCommandStore:
             new_events = encode_events(result.events)
             await self._store(conn, result, new_events)
         return AppliedBatch(result, [*encode_events(result.republish), *new_events])
-
-    async def load_state(self, subject: SubjectKey) -> SubjectState:
-        rows = await self._pool.fetch(queries.LOAD_SUBJECT, subject.tenant, subject.subject_id)
-        if not rows:
-            return SubjectState.empty(subject)
-        rules = {
-            (r["topic"], r["channel"]): rule_from_row(r) for r in rows if r["topic"] is not None
-        }
-        return SubjectState(subject, int(rows[0]["version"]), rules)
 
     async def _load_processed(
         self,
@@ -175,19 +166,6 @@ class PostgresCommandStore:
 
 def _delivery(row: Any) -> Delivery:
     return Delivery(row["source_topic"], row["source_partition"], row["source_offset"])
-
-
-def _states(rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
-    """Subjects with their rules, from the rows of LOCK_SUBJECTS_WITH_RULES."""
-    versions: dict[SubjectKey, int] = {}
-    rules: dict[SubjectKey, dict[tuple[str, str], Rule]] = {}
-    for row in rows:
-        key = SubjectKey(row["tenant"], row["subject_id"])
-        versions[key] = int(row["version"])
-        table = rules.setdefault(key, {})
-        if row["topic"] is not None:
-            table[(row["topic"], row["channel"])] = rule_from_row(row)
-    return {key: SubjectState(key, version, rules[key]) for key, version in versions.items()}
 
 
 def _outcome(document: dict[str, Any]) -> Outcome:

@@ -114,9 +114,12 @@ processed AS (
 SELECT 1
 """
 
-LOAD_SUBJECT = """
-SELECT s.version, r.topic, r.channel, r.action, r.occurred_at, r.source_channel, r.command_id
+# The read path's cache misses: never locks, one round trip for any number of subjects;
+# an unknown subject simply has no row.
+LOAD_STATES = """
+SELECT s.tenant, s.subject_id, s.version, r.topic, r.channel, r.action, r.occurred_at,
+       r.source_channel, r.command_id
 FROM subjects s
+JOIN unnest($1::text[], $2::text[]) AS u(t, sid) ON s.tenant = u.t AND s.subject_id = u.sid
 LEFT JOIN rules r ON r.tenant = s.tenant AND r.subject_id = s.subject_id
-WHERE s.tenant = $1 AND s.subject_id = $2
 """

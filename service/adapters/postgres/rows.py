@@ -1,10 +1,11 @@
-"""Rows of the ``rules`` table as domain rules, for every query that reads them."""
+"""Rows of subjects joined with their rules, as domain states, for every query that reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from service.domain.model import Rule
+from service.domain.model import Rule, SubjectKey, SubjectState
 
 
 def rule_from_row(row: Any) -> Rule:
@@ -16,3 +17,16 @@ def rule_from_row(row: Any) -> Rule:
         source_channel=row["source_channel"],
         command_id=row["command_id"],
     )
+
+
+def states_from_rows(rows: Sequence[Any]) -> dict[SubjectKey, SubjectState]:
+    """One state per subject from rows of (subject, version, rule or NULLs) of a LEFT JOIN."""
+    versions: dict[SubjectKey, int] = {}
+    rules: dict[SubjectKey, dict[tuple[str, str], Rule]] = {}
+    for row in rows:
+        key = SubjectKey(row["tenant"], row["subject_id"])
+        versions[key] = int(row["version"])
+        table = rules.setdefault(key, {})
+        if row["topic"] is not None:
+            table[(row["topic"], row["channel"])] = rule_from_row(row)
+    return {key: SubjectState(key, version, rules[key]) for key, version in versions.items()}

@@ -10,17 +10,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from service.adapters.postgres.rows import rule_from_row
-from service.domain.model import Rule, SubjectKey, SubjectState
-
-# One statement for one or many subjects: subjects that are unknown simply have no row.
-LOAD_STATES = """
-SELECT s.tenant, s.subject_id, s.version, r.topic, r.channel, r.action, r.occurred_at,
-       r.source_channel, r.command_id
-FROM subjects s
-JOIN unnest($1::text[], $2::text[]) AS u(t, sid) ON s.tenant = u.t AND s.subject_id = u.sid
-LEFT JOIN rules r ON r.tenant = s.tenant AND r.subject_id = s.subject_id
-"""
+from service.adapters.postgres import queries
+from service.adapters.postgres.rows import states_from_rows
+from service.domain.model import SubjectKey, SubjectState
 
 
 def _storable(key: SubjectKey) -> bool:
@@ -37,21 +29,10 @@ class PostgresStateReader:
         asked = [k for k in dict.fromkeys(keys) if _storable(k)]
         rows = (
             await self._pool.fetch(
-                LOAD_STATES, [k.tenant for k in asked], [k.subject_id for k in asked]
+                queries.LOAD_STATES, [k.tenant for k in asked], [k.subject_id for k in asked]
             )
             if asked
             else []
         )
-        versions: dict[SubjectKey, int] = {}
-        rules: dict[SubjectKey, dict[tuple[str, str], Rule]] = {}
-        for row in rows:
-            key = SubjectKey(row["tenant"], row["subject_id"])
-            versions[key] = int(row["version"])
-            if row["topic"] is not None:
-                rules.setdefault(key, {})[(row["topic"], row["channel"])] = rule_from_row(row)
-        return {
-            key: SubjectState(key, versions[key], rules.get(key, {}))
-            if key in versions
-            else SubjectState.empty(key)
-            for key in dict.fromkeys(keys)
-        }
+        found = states_from_rows(rows)
+        return {k: found[k] if k in found else SubjectState.empty(k) for k in dict.fromkeys(keys)}
