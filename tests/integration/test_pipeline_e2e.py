@@ -69,8 +69,8 @@ async def assert_consistent(settings: Settings, client: ContractClient, subject_
     assert cached is not None
     assert cached.version == version
     assert {(r.topic, r.channel, r.action) for r in cached.rules.values()} == rules
-    last = client.last_event(subject_id)
-    assert last["version"] == version
+    last = await client.event(subject_id, version)
+    assert client.last_event(subject_id)["version"] == version
     assert event_rules(last) == rules
 
 
@@ -88,7 +88,8 @@ async def test_opt_out_then_opt_in(settings: Settings, client: ContractClient) -
     assert outcome["effective_at"] is not None
     assert not await allowed(settings, "user-1", "marketing.newsletter", "email")
     assert await allowed(settings, "user-1", "marketing.newsletter", "sms")
-    event = client.last_event("user-1")
+    event = await client.event("user-1", outcome["version"])
+    assert client.last_event("user-1") == event
     assert event["command_id"] == out["command_id"]
     assert event["changes"][0]["topic"] == "marketing"
     assert event["source"] == {"channel": "web", "app": "tests"}

@@ -156,5 +156,18 @@ class ContractClient:
         await self.wait_for(lambda: len(self.outcomes.get(command_id, [])) > seen, within_s)
         return self.outcomes[command_id][seen]
 
+    async def event(self, subject_id: str, version: int, within_s: float = 30.0) -> dict[str, Any]:
+        """The subject's event at `version`, once it arrived.
+
+        Events and outcomes travel on different topics, read by different consumers: an
+        outcome can be seen a moment before its event.
+        """
+
+        def arrived() -> bool:
+            return any(e["version"] == version for e in self.events.get(subject_id, []))
+
+        await self.wait_for(arrived, within_s)
+        return next(e for e in self.events[subject_id] if e["version"] == version)
+
     def last_event(self, subject_id: str) -> dict[str, Any]:
         return max(self.events[subject_id], key=lambda e: e["version"])
