@@ -39,10 +39,11 @@ test: migrate ## the whole test suite against the real stack
 test-unit: venv ## fast tests that need no service
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the import-linter layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service tests benchmarks
+	$(BIN)/lint-imports
 
 fmt: venv ## format the code
 	$(BIN)/ruff format .

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-from service.adapters.kafka.topics import TopicSpec, ensure_topics
+from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.settings import Settings
 
@@ -470,7 +470,7 @@ class Isolation:
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    await ensure_topics(bootstrap, [TopicSpec(name, partitions) for name in names])
+    await ensure_topics(bootstrap, [KafkaTopic(name, partitions) for name in names])
 
 
 # --- statistics and machine ------------------------------------------------------------

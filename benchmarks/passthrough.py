@@ -5,7 +5,7 @@ moving them costs on the same machine with the same client settings. This proces
 exactly the worker's Kafka part and nothing else (no decoding, no PostgreSQL, no Redis):
 
 - one consumer in the worker's group style: manual commits, ``auto_offset_reset=earliest``,
-  batches from ``getmany(timeout_ms=OPTOUT_BATCH_WAIT_MS, max_records=OPTOUT_BATCH_MAX_RECORDS)``
+  batches from ``getmany`` (``OPTOUT_BATCH_WAIT_SECONDS``, ``OPTOUT_BATCH_MAX_RECORDS``)
   and, like faststream's batch loop, a pause of that timeout after an empty poll;
 - one producer with the service's settings (``acks=all``, idempotence, ``linger_ms=0``);
 - per batch: send every record (same key, same value, the worker's content-type header)
@@ -64,11 +64,12 @@ async def passthrough(settings: Settings, output_topic: str, stop: asyncio.Event
     )
     await producer.start()
     await consumer.start()
-    wait_s = settings.batch_wait_ms / 1000
+    wait_s = settings.batch_wait_seconds
     try:
         while not stop.is_set():
             batch = await consumer.getmany(
-                timeout_ms=settings.batch_wait_ms, max_records=settings.batch_max_records
+                timeout_ms=round(settings.batch_wait_seconds * 1000),
+                max_records=settings.batch_max_records,
             )
             if not batch:
                 await asyncio.sleep(wait_s)

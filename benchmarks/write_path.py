@@ -239,8 +239,9 @@ def _batch_figures(child: Child, phase: str) -> dict[str, Any]:
         "records": records,
         "mean_records_per_batch": round(records / len(lines), 1),
     }
-    for name in ("postgres_ms", "redis_ms", "kafka_ms", "commit_ms"):
-        values = [float(b[name]) for b in lines if name in b]
+    for stage in ("postgres", "redis", "kafka"):
+        name = f"{stage}_ms"
+        values = [float(b[f"{stage}_seconds"]) * 1000 for b in lines if f"{stage}_seconds" in b]
         if values:
             out[name] = {
                 "total": round(sum(values), 1),
@@ -422,7 +423,7 @@ async def run(
         "sizes": asdict(sizes),
         "settings": {
             "batch_max_records": base.batch_max_records,
-            "batch_wait_ms": base.batch_wait_ms,
+            "batch_wait_seconds": base.batch_wait_seconds,
             "topic_partitions": base.topic_partitions,
             "database_pool_size": base.database_pool_size,
             "producer": "acks=all, enable_idempotence=True, linger_ms=0",

@@ -7,11 +7,11 @@ cached, so a slow writer holding an older state can never overwrite a newer one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from service.adapters.state_codec import decode_state, encode_state
+from service.adapters.state_codec import encode_state
 from service.domain.model import SubjectKey, SubjectState
 
 # KEYS = subject keys; ARGV = ttl seconds (0 = none), then a version and an encoded state
@@ -59,13 +59,3 @@ class RedisStateCache:
             args.extend((state.version, encode_state(state)))
         written = await self._cas(keys=[self.key(s.key) for s in states], args=args)
         return int(written)
-
-    async def read(self, subjects: Sequence[SubjectKey]) -> dict[SubjectKey, SubjectState]:
-        """The cached states of the subjects that have one; a miss is simply absent."""
-        if not subjects:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for subject in subjects:
-                pipe.hget(self.key(subject), "d")
-            raws = await pipe.execute()
-        return {s: decode_state(s, raw) for s, raw in zip(subjects, raws, strict=True) if raw}

@@ -1,26 +1,38 @@
 """What the command pipeline needs from the outside world, and the data it hands over.
 
-The adapters implement these; the pipeline depends only on them, so its orchestration can
-be read (and replaced in a test) without PostgreSQL, Redis or Kafka.
+The adapters implement these; the use case depends only on them, so it runs the same on
+PostgreSQL, Redis and Kafka as on the in-memory fakes of ``tests/unit/test_process_commands.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
 
 from service.application.records import RawRecord
 from service.contract.encode import EncodedEvent
-from service.domain.apply import BatchResult
-from service.domain.commands import Malformed, Received
-from service.domain.events import Outcome
-from service.domain.model import SubjectState
+from service.domain.apply import BatchResult, ProcessedRecord
+from service.domain.commands import Delivery
+from service.domain.model import SubjectKey, SubjectState
 
 
-class AppliedBatch(NamedTuple):
-    result: BatchResult
-    events: list[EncodedEvent]  # re-published ones first, then the new ones
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """A preference-changed event as published: its subject and its exact bytes."""
+
+    tenant: str
+    subject_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMessage:
+    command_id: str
+    tenant: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +41,58 @@ class DeadLetterRecord:
     error: str
 
 
-class CommandStore(Protocol):
-    async def apply(self, records: Sequence[Received | Malformed]) -> AppliedBatch: ...
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """A processed command's outcome and events as first published, replayed byte for byte."""
+
+    outcome: bytes
+    events: tuple[EventMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What one batch needs to be decided: the stored side of every key and id it names.
+
+    `answers` holds the stored bytes of the entries whose delivery is in the batch (crash
+    redeliveries), the only ones published again.
+    """
+
+    states: dict[SubjectKey, SubjectState]
+    processed: dict[str, ProcessedRecord]
+    answers: dict[str, StoredAnswer]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ToSave:
+    """A decided batch with its outputs already encoded, for the store to write as given."""
+
+    result: BatchResult
+    events: Sequence[EncodedEvent]  # one per `result.events`, in its order
+    processed_outcomes: Sequence[bytes]  # one per `result.processed`, in its order
+
+
+class CommandUnitOfWork(Protocol):
+    """One transaction: `load` locks and reads, `save` writes; commit on a clean exit only."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def load(
+        self, keys: Sequence[SubjectKey], command_ids: Sequence[str], deliveries: set[Delivery]
+    ) -> Loaded: ...
+
+    async def save(self, batch: ToSave) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> CommandUnitOfWork: ...
 
 
 class StateCache(Protocol):
@@ -40,7 +102,7 @@ class StateCache(Protocol):
 class Publisher(Protocol):
     async def publish(
         self,
-        events: Sequence[EncodedEvent],
-        outcomes: Sequence[Outcome],
+        events: Sequence[EventMessage],
+        outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
     ) -> None: ...

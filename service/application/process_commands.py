@@ -1,4 +1,4 @@
-"""The command pipeline, one batch at a time: decode, apply, cache, publish.
+"""The command pipeline's use case, one batch at a time: decode, decide, store, cache, publish.
 
 The order is the delivery guarantee: the PostgreSQL transaction commits first, then the new
 states go to Redis, then events and outcomes are published and acknowledged; only when this
@@ -14,20 +14,27 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 
 from service.application.ports import (
-    AppliedBatch,
-    CommandStore,
     DeadLetterRecord,
+    EventMessage,
+    Loaded,
+    OutcomeMessage,
     Publisher,
     StateCache,
+    ToSave,
+    UnitOfWorkFactory,
 )
 from service.application.records import RawRecord
 from service.contract.decode import DeadLetter, decode_command
-from service.domain.apply import BatchResult
+from service.contract.encode import encode_events, outcome_json
+from service.domain.apply import BatchResult, apply_batch
+from service.domain.catalog import Catalog
 from service.domain.commands import Delivery, Malformed, Received
+from service.domain.events import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +43,56 @@ log = structlog.get_logger(__name__)
 class _LaneReport:
     records: int = 0
     dead_letters: int = 0
-    replayed_events: int = 0
+    replayed: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
-    decode_ms: float = 0.0
-    postgres_ms: float = 0.0
-    redis_ms: float = 0.0
-    kafka_ms: float = 0.0
+    decode_seconds: float = 0.0
+    postgres_seconds: float = 0.0
+    redis_seconds: float = 0.0
+    kafka_seconds: float = 0.0
+
+
+@dataclass
+class _Outputs:
+    """A decided batch in wire form: what the store writes and what Kafka receives."""
+
+    to_save: ToSave
+    events: list[EventMessage]
+    outcomes: list[OutcomeMessage]
+
+
+def encode_outputs(result: BatchResult, loaded: Loaded) -> _Outputs:
+    """Encode every output once; a redelivered record's stored bytes are used as they are.
+
+    Redelivered records come first in the events, as they were published before; an outcome
+    the core answered with the very object it was given from the log is a replay, and its
+    stored bytes go out again. The outcome of a new log entry is encoded once for the log
+    and for Kafka.
+    """
+    new_events = encode_events(result.events)
+    encoded: dict[int, tuple[Outcome, bytes]] = {}
+    processed_outcomes = []
+    for entry in result.processed:
+        payload = outcome_json(entry.outcome)
+        encoded[id(entry.outcome)] = (entry.outcome, payload)
+        processed_outcomes.append(payload)
+    for entry in result.replayed:
+        answer = loaded.answers.get(entry.command_id)
+        if answer is not None:
+            encoded[id(entry.outcome)] = (entry.outcome, answer.outcome)
+    events = [
+        message
+        for entry in result.replayed
+        if (answer := loaded.answers.get(entry.command_id)) is not None
+        for message in answer.events
+    ]
+    events.extend(EventMessage(e.event.tenant, e.event.subject_id, e.payload) for e in new_events)
+
+    def outcome_bytes(outcome: Outcome) -> bytes:
+        known = encoded.get(id(outcome))
+        return known[1] if known is not None and known[0] is outcome else outcome_json(outcome)
+
+    outcomes = [OutcomeMessage(o.command_id, o.tenant, outcome_bytes(o)) for o in result.outcomes]
+    return _Outputs(ToSave(result, new_events, processed_outcomes), events, outcomes)
 
 
 class ProcessCommands:
@@ -54,22 +105,27 @@ class ProcessCommands:
     lanes on a shared subject. A failing lane cancels the others; the whole batch is then
     retried and the lanes that had committed replay their stored answers.
 
-    Each lane pays the fixed cost of a transaction, so more lanes are not always faster:
-    on the 2-core benchmark machine three lanes beat one and six (README, Benchmarks).
+    Each lane pays the fixed cost of a transaction, so more lanes are not always faster
+    (README, Benchmarks).
     """
 
     def __init__(
         self,
-        store: CommandStore,
+        unit_of_work: UnitOfWorkFactory,
         cache: StateCache,
         publisher: Publisher,
+        catalog: Catalog,
+        *,
         max_record_bytes: int,
+        max_future: timedelta,
         max_lanes: int = 4,
     ) -> None:
-        self._store = store
+        self._unit_of_work = unit_of_work
         self._cache = cache
         self._publisher = publisher
+        self._catalog = catalog
         self._max_record_bytes = max_record_bytes
+        self._max_future = max_future
         self._max_lanes = max_lanes
 
     async def __call__(self, records: Sequence[RawRecord]) -> None:
@@ -86,17 +142,18 @@ class ProcessCommands:
             records=len(records),
             lanes=len(reports),
             dead_letters=sum(r.dead_letters for r in reports),
-            replayed_events=sum(r.replayed_events for r in reports),
+            replayed=sum(r.replayed for r in reports),
             **statuses,
-            total_ms=round((time.perf_counter() - started) * 1000, 2),
-            decode_ms=round(max(r.decode_ms for r in reports), 2),
-            postgres_ms=round(max(r.postgres_ms for r in reports), 2),
-            redis_ms=round(max(r.redis_ms for r in reports), 2),
-            kafka_ms=round(max(r.kafka_ms for r in reports), 2),
+            total_seconds=round(time.perf_counter() - started, 6),
+            decode_seconds=round(max(r.decode_seconds for r in reports), 6),
+            postgres_seconds=round(max(r.postgres_seconds for r in reports), 6),
+            redis_seconds=round(max(r.redis_seconds for r in reports), 6),
+            kafka_seconds=round(max(r.kafka_seconds for r in reports), 6),
         )
 
-    async def _lane(self, records: Sequence[RawRecord]) -> _LaneReport:
-        started = time.perf_counter()
+    def _decode(
+        self, records: Sequence[RawRecord]
+    ) -> tuple[list[Received | Malformed], list[DeadLetterRecord]]:
         commands: list[Received | Malformed] = []
         dead: list[DeadLetterRecord] = []
         for record in records:
@@ -109,22 +166,50 @@ class ProcessCommands:
                 dead.append(DeadLetterRecord(record, decoded.error))
             else:
                 commands.append(decoded)
-        decoded_at = time.perf_counter()
-        result, events = (
-            await self._store.apply(commands) if commands else AppliedBatch(BatchResult(), [])
+        return commands, dead
+
+    async def _decide_and_store(self, commands: Sequence[Received | Malformed]) -> _Outputs:
+        """Load, decide with the pure core, save: one transaction, committed on return."""
+        keys = sorted({r.command.key for r in commands if isinstance(r, Received)})
+        command_ids = list(
+            {r.command.command_id if isinstance(r, Received) else r.command_id for r in commands}
         )
+        async with self._unit_of_work() as uow:
+            loaded = await uow.load(keys, command_ids, {r.delivery for r in commands})
+            result = apply_batch(
+                self._catalog,
+                loaded.states,
+                loaded.processed,
+                commands,
+                now=loaded.now,
+                effective_at=loaded.now,
+                max_future=self._max_future,
+            )
+            outputs = encode_outputs(result, loaded)
+            await uow.save(outputs.to_save)
+        return outputs
+
+    async def _lane(self, records: Sequence[RawRecord]) -> _LaneReport:
+        started = time.perf_counter()
+        commands, dead = self._decode(records)
+        decoded_at = time.perf_counter()
+        if commands:
+            outputs = await self._decide_and_store(commands)
+        else:
+            outputs = _Outputs(ToSave(BatchResult(), [], []), [], [])
+        result = outputs.to_save.result
         stored = time.perf_counter()
         await self._cache.write(list(result.states.values()))
         cached = time.perf_counter()
-        await self._publisher.publish(events, result.outcomes, dead)
+        await self._publisher.publish(outputs.events, outputs.outcomes, dead)
         published = time.perf_counter()
         return _LaneReport(
             records=len(records),
             dead_letters=len(dead),
-            replayed_events=len(result.republish),
+            replayed=len(result.replayed),
             statuses=Counter(o.status for o in result.outcomes),
-            decode_ms=(decoded_at - started) * 1000,
-            postgres_ms=(stored - decoded_at) * 1000,
-            redis_ms=(cached - stored) * 1000,
-            kafka_ms=(published - cached) * 1000,
+            decode_seconds=decoded_at - started,
+            postgres_seconds=stored - decoded_at,
+            redis_seconds=cached - stored,
+            kafka_seconds=published - cached,
         )

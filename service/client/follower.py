@@ -18,21 +18,14 @@ from pydantic import ValidationError
 
 from service.client.local_cache import LocalCache
 from service.contract.v1 import PreferenceChangedV1
-from service.domain.model import Rule, SubjectKey, SubjectState
+from service.domain.model import SubjectState
 
 log = structlog.get_logger(__name__)
 
 
 def event_state(raw: bytes) -> SubjectState:
     """The subject's state after the event: each event carries the full rule set."""
-    event = PreferenceChangedV1.model_validate_json(raw)
-    rules = {
-        (p.topic, p.channel): Rule(
-            p.topic, p.channel, p.action, p.occurred_at, p.source_channel, p.command_id
-        )
-        for p in event.preferences
-    }
-    return SubjectState(SubjectKey(event.tenant, event.subject_id), event.version, rules)
+    return PreferenceChangedV1.model_validate_json(raw).to_domain().snapshot()
 
 
 class PreferencesFollower:
@@ -43,20 +36,19 @@ class PreferencesFollower:
         cache: LocalCache,
         *,
         stall_seconds: float = 2.0,
-        poll_ms: int = 100,
+        poll_seconds: float = 0.1,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._cache = cache
-        self._stall_ms = stall_seconds * 1000
-        self._poll_ms = poll_ms
+        self._stall_seconds = stall_seconds
+        self._poll_seconds = poll_seconds
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.partitions: list[TopicPartition] = []
-        self._started_ms = 0.0
-        self.applied = 0
+        self._started_seconds = 0.0
 
-    async def start(self, wait_for_topic_s: float = 10.0) -> None:
+    async def start(self, wait_for_topic_seconds: float = 10.0) -> None:
         """Assign every partition, pin the positions to the ends, then enable the cache.
 
         Positions are resolved before the cache serves anything, so no event published
@@ -73,10 +65,10 @@ class PreferencesFollower:
         self._consumer = consumer
         try:
             try:
-                partitions = await asyncio.wait_for(self._partitions(), wait_for_topic_s)
+                partitions = await asyncio.wait_for(self._partitions(), wait_for_topic_seconds)
             except TimeoutError:
                 raise RuntimeError(
-                    f"topic {self._topic!r} not found within {wait_for_topic_s:g} s"
+                    f"topic {self._topic!r} not found within {wait_for_topic_seconds:g} s"
                 ) from None
             consumer.assign(partitions)
             for tp, offset in (await consumer.end_offsets(partitions)).items():
@@ -86,7 +78,7 @@ class PreferencesFollower:
             self._consumer = None
             raise
         self.partitions = partitions
-        self._started_ms = time.time() * 1000
+        self._started_seconds = time.time()
         self._cache.enabled = True
         self._task = asyncio.create_task(self._follow(consumer), name="optout-sdk-follower")
 
@@ -119,7 +111,7 @@ class PreferencesFollower:
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
-                batch = await consumer.getmany(timeout_ms=self._poll_ms)
+                batch = await consumer.getmany(timeout_ms=round(self._poll_seconds * 1000))
             except Exception as exc:
                 self._switch_off(f"fetch failed: {type(exc).__name__}")
                 await asyncio.sleep(1.0)
@@ -142,14 +134,17 @@ class PreferencesFollower:
             self._cache.clear()
             return
         self._cache.put(state)
-        self.applied += 1
 
     def _watch_stall(self, consumer: AIOKafkaConsumer) -> None:
-        # Before its first fetch answer a partition counts from the follower's start.
-        polled = [consumer.last_poll_timestamp(tp) or self._started_ms for tp in self.partitions]
-        silent_ms = time.time() * 1000 - min(polled)
-        if silent_ms > self._stall_ms:
-            self._switch_off(f"no fetch answer for {silent_ms:.0f} ms")
+        # Before its first fetch answer a partition counts from the follower's start; aiokafka
+        # stamps fetch answers in milliseconds.
+        polled = [
+            (consumer.last_poll_timestamp(tp) or 0) / 1000 or self._started_seconds
+            for tp in self.partitions
+        ]
+        silent_seconds = time.time() - min(polled)
+        if silent_seconds > self._stall_seconds:
+            self._switch_off(f"no fetch answer for {silent_seconds:.3f} s")
         elif not self._cache.enabled:
             self._cache.enabled = True
             log.info("sdk_local_cache_on", topic=self._topic)

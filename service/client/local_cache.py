@@ -3,12 +3,12 @@
 Staleness bound. The worker writes Redis, then publishes the preference-changed event; the
 cache applies every event it fetches (a newer version replaces the entry). So a local answer
 lags Redis by at most the consumer lag of the preferences topic: the event's trip through
-Kafka, milliseconds in practice (the integration tests hold it under 100 ms). Two guards
+Kafka (README, "Read path for senders", has the measured bound). Two guards
 keep that bound honest when the stream is not flowing:
 
 - the follower switches the cache off (and empties it) when it has not heard from the broker
   for ``stall_seconds``; answers then come from Redis until fetches resume;
-- no entry is used more than ``max_age`` seconds after it was read from Redis, whatever the
+- no entry is used more than ``max_age_seconds`` after it was read from Redis, whatever the
   stream says, so even an undetected gap heals by itself.
 """
 
@@ -34,20 +34,23 @@ class _Entry:
         self.decisions: dict[tuple[str, str], Decision] = {}
 
 
+# An LRU by hand on OrderedDict rather than cachetools.LRUCache: measured side by side (CPU
+# time of 300,000 memoised checks over 20,000 cached subjects, three runs), the library gave
+# 207,000-290,000 checks/s against 295,000-392,000, and a check is the SDK's hottest path.
 class LocalCache:
     def __init__(
         self,
         decide: Decide,
         *,
         max_entries: int = 100_000,
-        max_age: float = 30.0,
+        max_age_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._decide = decide
         self._max_entries = max_entries
-        self.max_age = max_age
+        self.max_age_seconds = max_age_seconds
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self.enabled = False
@@ -61,7 +64,7 @@ class LocalCache:
         entry = self._entries.get((tenant, subject_id))
         if entry is None:
             return None
-        if self._clock() - entry.stored_at > self.max_age:
+        if self._clock() - entry.stored_at > self.max_age_seconds:
             del self._entries[(tenant, subject_id)]
             return None
         self._entries.move_to_end((tenant, subject_id))
@@ -101,9 +104,6 @@ class LocalCache:
         self._entries.move_to_end(slot)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
-
-    def discard(self, key: SubjectKey) -> None:
-        self._entries.pop((key.tenant, key.subject_id), None)
 
     def clear(self) -> None:
         self._entries.clear()

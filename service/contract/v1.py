@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from service.domain.commands import Change, Command, Source
-from service.domain.events import Outcome, PreferenceChanged, Reason, Status
+from service.domain.commands import Change, Command, Source, SourceChannel
+from service.domain.events import AppliedChange, Outcome, PreferenceChanged, Reason, Status
 from service.domain.model import Action, Rule
-
-SourceChannel = Literal[
-    "web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"
-]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -104,6 +100,16 @@ class PreferenceV1(_Wire):
             command_id=rule.command_id,
         )
 
+    def to_domain(self) -> Rule:
+        return Rule(
+            self.topic,
+            self.channel,
+            self.action,
+            self.occurred_at,
+            self.source_channel,
+            self.command_id,
+        )
+
 
 class AppliedChangeV1(_Wire):
     """A change that altered state; older changes in the same command are left out."""
@@ -156,6 +162,22 @@ class PreferenceChangedV1(_Wire):
             preferences=[PreferenceV1.from_domain(rule) for rule in event.preferences],
         )
 
+    def to_domain(self) -> PreferenceChanged:
+        return PreferenceChanged(
+            event_id=self.event_id,
+            tenant=self.tenant,
+            subject_id=self.subject_id,
+            version=self.version,
+            effective_at=self.effective_at,
+            command_id=self.command_id,
+            source_channel=self.source.channel,
+            source_app=self.source.app,
+            changes=tuple(
+                AppliedChange(c.action, c.topic, c.channel, c.occurred_at) for c in self.changes
+            ),
+            preferences=tuple(p.to_domain() for p in self.preferences),
+        )
+
 
 class OutcomeV1(_Wire):
     """Published to `optout.outcomes.v1`, one per consumed command, keyed by command id.
@@ -183,4 +205,16 @@ class OutcomeV1(_Wire):
             detail=outcome.detail,
             version=outcome.version,
             effective_at=None if outcome.effective_at is None else _utc(outcome.effective_at),
+        )
+
+    def to_domain(self) -> Outcome:
+        return Outcome(
+            command_id=self.command_id,
+            tenant=self.tenant,
+            subject_id=self.subject_id,
+            status=self.status,
+            reason=self.reason,
+            detail=self.detail,
+            version=self.version,
+            effective_at=self.effective_at,
         )

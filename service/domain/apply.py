@@ -38,7 +38,6 @@ class ProcessedRecord:
     content_hash: str
     delivery: Delivery
     outcome: Outcome
-    events: tuple[PreferenceChanged, ...] = ()
 
 
 @dataclass
@@ -53,7 +52,8 @@ class BatchResult:
     history: proof-of-consent rows, one per applied change.
     events: new events, one per applied command, in version order per subject.
     processed: new or replaced processed-log entries, one per command id (last wins).
-    republish: stored events of redelivered records, to publish again unchanged.
+    replayed: the log entries of redelivered records, whose stored outcome and events are
+        published again unchanged, in input order.
     """
 
     outcomes: list[Outcome] = field(default_factory=list)
@@ -63,7 +63,7 @@ class BatchResult:
     history: list[HistoryEntry] = field(default_factory=list)
     events: list[PreferenceChanged] = field(default_factory=list)
     processed: list[ProcessedRecord] = field(default_factory=list)
-    republish: list[PreferenceChanged] = field(default_factory=list)
+    replayed: list[ProcessedRecord] = field(default_factory=list)
 
 
 class _Batch:
@@ -148,7 +148,7 @@ class _Batch:
     def replay(self, prior: ProcessedRecord, tenant: str, subject_id: str | None) -> None:
         """A crash redelivery: answer exactly as before, and let the cache be rewritten."""
         self.answer(prior.outcome)
-        self.result.republish.extend(prior.events)
+        self.result.replayed.append(prior)
         if subject_id is not None and prior.outcome.status != "rejected":
             key = SubjectKey(tenant, subject_id)
             self.result.states[key] = self.state(key)
@@ -297,7 +297,7 @@ class _Batch:
             ]
         )
         self.result.events.append(event)
-        self.store(ProcessedRecord(command_id, digest, delivery, outcome, (event,)))
+        self.store(ProcessedRecord(command_id, digest, delivery, outcome))
 
 
 def _precedes(delivery: Delivery, other: Delivery) -> bool:

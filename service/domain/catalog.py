@@ -8,16 +8,15 @@ which keeps every intake path on the same vocabulary.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from operator import attrgetter
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-WILDCARD_NAME = "*"
+from service.domain.model import WILDCARD
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 _TOPIC_KEYS = frozenset({"default", "mandatory", "data_use"})
 
@@ -79,9 +78,6 @@ class Catalog:
         object.__setattr__(self, "topics", MappingProxyType(dict(self.topics)))
         object.__setattr__(self, "channels", frozenset(self.channels))
 
-    def has_topic(self, name: str) -> bool:
-        return name in self.topics
-
     def has_channel(self, name: str) -> bool:
         return name in self.channels
 
@@ -131,13 +127,10 @@ class Catalog:
             (spec := self.topics.get(name)) is not None and flag(spec) for name in _lineage(topic)
         )
 
-    def default_allowed(self, topic: str) -> bool:
-        return self.spec(topic).default_allowed
-
     def channels_for(self, topic: str) -> tuple[str, ...]:
         """The channels a topic can be asked about: data uses are channel-less (`*`)."""
         if self.is_data_use(topic):
-            return (WILDCARD_NAME,)
+            return (WILDCARD,)
         return tuple(sorted(self.channels))
 
 
@@ -176,7 +169,12 @@ def _bool(topic: str, table: Mapping[str, Any], key: str, inherited: bool) -> bo
 
 
 def parse_catalog(document: Mapping[str, Any]) -> Catalog:
-    """Build a catalog from an already-parsed TOML document; see `load_catalog`."""
+    """Build a catalog from a parsed TOML document, failing loudly on anything ambiguous.
+
+    A silently misread catalog would change who gets messaged, so every surprise (unknown
+    keys, bad defaults, orphan children, empty channels) is a `CatalogError`. Reading the
+    file is the adapter's part (``service.adapters.catalog_file``).
+    """
     unknown = set(document) - {"channels", "topics"}
     if unknown:
         raise CatalogError(f"unknown top-level keys: {sorted(unknown)}")
@@ -227,22 +225,3 @@ def parse_catalog(document: Mapping[str, Any]) -> Catalog:
             raise CatalogError(f"topic {name!r}: a data-use topic cannot be mandatory")
         specs[name] = TopicSpec(name, default_allowed, mandatory, data_use)
     return Catalog(channels=frozenset(channels), topics=specs)
-
-
-def load_catalog(path: Path | str) -> Catalog:
-    """Read a TOML catalog, failing loudly on anything ambiguous.
-
-    A silently misread catalog would change who gets messaged, so every surprise
-    (unknown keys, bad defaults, orphan children, empty channels) is a `CatalogError`.
-    """
-    try:
-        with Path(path).open("rb") as handle:
-            document = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot read catalog: {exc}") from exc
-    try:
-        return parse_catalog(document)
-    except CatalogError as exc:
-        raise CatalogError(f"{path}: {exc}") from exc

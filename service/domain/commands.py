@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 import orjson
 
 from service.domain.model import Action, SubjectKey
 
-SOURCE_CHANNELS: frozenset[str] = frozenset(
-    {"web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"}
-)
+SourceChannel = Literal[
+    "web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"
+]
+SOURCE_CHANNELS: frozenset[str] = frozenset(get_args(SourceChannel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,7 @@ def content_hash(command: Command) -> str:
     """
     occurred_at = command.occurred_at.astimezone(UTC)
     # The canonical text is `isoformat(timespec="microseconds")` of the UTC time. orjson writes
-    # an aware datetime exactly so, several times faster, except that it drops a zero
+    # an aware datetime exactly so, faster, except that it drops a zero
     # fraction and refuses datetime subclasses: only then is the text made here (a unit test
     # pins the equivalence).
     stamp: datetime | str = occurred_at

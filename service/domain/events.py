@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Literal
 
 from service.domain.commands import Source
-from service.domain.model import Action, Rule, SubjectKey
+from service.domain.model import Action, Rule, SubjectKey, SubjectState
 
 Status = Literal["applied", "unchanged", "duplicate", "rejected"]
 Reason = Literal[
@@ -54,6 +54,14 @@ class PreferenceChanged:
     source_app: str | None
     changes: tuple[AppliedChange, ...]
     preferences: tuple[Rule, ...]
+
+    def snapshot(self) -> SubjectState:
+        """The subject's whole state after this event: what a follower of the topic keeps."""
+        return SubjectState(
+            SubjectKey(self.tenant, self.subject_id),
+            self.version,
+            {(rule.topic, rule.channel): rule for rule in self.preferences},
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from service.domain.catalog import WILDCARD_NAME, Catalog
+from service.domain.catalog import Catalog
+from service.domain.model import WILDCARD
 from service.entrypoints.api_models import (
     CheckBatchIn,
     CheckBatchOut,
@@ -53,7 +54,7 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
     )
     schemas: dict[str, Any] = top["$defs"]
     topic_enum = sorted(catalog.topics)
-    channel_enum = [*sorted(catalog.channels), WILDCARD_NAME]
+    channel_enum = [*sorted(catalog.channels), WILDCARD]
     check_in = schemas["CheckIn"]["properties"]
     check_in["topic"]["enum"] = topic_enum
     check_in["channel"]["enum"] = channel_enum

@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import is_allowed
@@ -22,6 +21,7 @@ from service.domain.model import SubjectKey, SubjectState
 from service.entrypoints.server import Service
 from service.settings import Settings
 from tests.support.contract_client import ContractClient, at, command
+from tests.support.services import cached_in_redis
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ async def cached_state(settings: Settings, subject_id: str) -> SubjectState | No
     redis = create_redis(settings.redis_dsn)
     try:
         key = SubjectKey("default", subject_id)
-        return (await RedisStateCache(redis, settings.redis_prefix).read([key])).get(key)
+        return await cached_in_redis(redis, settings, key)
     finally:
         await redis.aclose()
 

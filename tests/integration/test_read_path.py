@@ -22,7 +22,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
 from service.client import OptoutClient, UnknownChannel, UnknownTopic
 from service.domain.catalog import DEFAULT_CATALOG
@@ -31,6 +30,7 @@ from service.domain.model import Decision, Rule, SubjectKey, SubjectState
 from service.entrypoints.server import Service
 from service.settings import Settings
 from tests.support.contract_client import ContractClient, at, command
+from tests.support.services import cached_in_redis
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ async def clear_redis(settings: Settings) -> None:
 async def cached(settings: Settings, key: SubjectKey) -> SubjectState | None:
     redis = create_redis(settings.redis_dsn)
     try:
-        return (await RedisStateCache(redis, settings.redis_prefix).read([key])).get(key)
+        return await cached_in_redis(redis, settings, key)
     finally:
         await redis.aclose()
 

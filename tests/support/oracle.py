@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 
-from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
 from service.domain.model import SubjectKey
 from service.settings import Settings
 from tests.support.contract_client import ContractClient, at, command
+from tests.support.services import cached_in_redis
 
 TOPICS = ["marketing", "marketing.newsletter", "product", "reminders", "*"]
 CHANNELS = ["email", "sms", "push", "*"]
@@ -99,7 +99,6 @@ async def assert_matches_oracle(
     )
     redis = create_redis(settings.redis_dsn)
     try:
-        cache = RedisStateCache(redis, settings.redis_prefix)
         for subject, rules in expected.items():
             rows = await conn.fetch(
                 "SELECT topic, channel, action FROM rules WHERE subject_id = $1", subject
@@ -110,7 +109,8 @@ async def assert_matches_oracle(
             )
             assert version == applied[subject]  # each applied once, never twice
             key = SubjectKey("default", subject)
-            cached = (await cache.read([key]))[key]
+            cached = await cached_in_redis(redis, settings, key)
+            assert cached is not None
             assert cached.version == version
             assert {p: r.action for p, r in cached.rules.items()} == rules
             last = client.last_event(subject)

@@ -12,6 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
+from service.adapters.redis_cache import RedisStateCache
+from service.adapters.redis_reader import RedisStateReader
+from service.domain.model import SubjectKey, SubjectState
 from service.settings import Settings
 
 
@@ -61,3 +66,9 @@ def service_endpoints() -> Iterator[Endpoints]:
         redis_url=base.redis_dsn,
         containers=False,
     )
+
+
+async def cached_in_redis(redis: Redis, settings: Settings, key: SubjectKey) -> SubjectState | None:
+    """The state the worker cached for a subject, read as the read path reads it."""
+    cache = RedisStateCache(redis, settings.redis_prefix)
+    return await RedisStateReader(redis, cache).read_one(key)

@@ -107,9 +107,8 @@ def test_first_command_applies_at_version_one() -> None:
     assert result.history[0].reason == "because"
     (stored,) = result.processed
     assert stored.outcome == outcome
-    assert stored.events == (event,)
     assert stored.content_hash == content_hash(command)
-    assert result.republish == []
+    assert result.replayed == []
 
 
 def test_versions_increment_and_events_in_order() -> None:
@@ -140,7 +139,6 @@ def test_older_change_is_unchanged() -> None:
     assert result.outcomes[1].effective_at is None
     assert len(result.events) == 1
     assert len(result.processed) == 2
-    assert result.processed[1].events == ()
 
 
 def test_unchanged_alone_still_reports_state_for_cache() -> None:
@@ -234,7 +232,7 @@ def test_redelivery_replays_stored_outcome_and_events() -> None:
         max_future=timedelta(minutes=5),
     )
     assert again.outcomes == first.outcomes
-    assert again.republish == first.events
+    assert again.replayed == [processed[o.command_id] for o in first.outcomes]
     assert again.events == []
     assert again.processed == []
     assert again.changed == {}
@@ -356,7 +354,8 @@ def test_redelivery_of_rejected_record_superseded_by_fixed_retry_repeats_rejecti
     again = run([rec(bad, bad_at), rec(good, good_at)], states, processed)
     assert again.outcomes == first.outcomes
     assert again.processed == []
-    assert again.republish == first.events
+    # Only the fixed retry was applied; the rejected record is re-answered, not replayed.
+    assert again.replayed == [processed["c1"]]
 
 
 def test_redelivery_of_future_dated_record_later_retried_stays_rejected() -> None:

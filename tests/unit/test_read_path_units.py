@@ -93,7 +93,7 @@ def decide(s: SubjectState, topic: str, channel: str) -> Decision:
 
 
 def cache(clock: Clock, size: int = 3) -> LocalCache:
-    local = LocalCache(decide, max_entries=size, max_age=10.0, clock=clock)
+    local = LocalCache(decide, max_entries=size, max_age_seconds=10.0, clock=clock)
     local.enabled = True
     return local
 
@@ -213,7 +213,7 @@ def test_follower_switches_the_local_cache_off_while_kafka_is_silent() -> None:
     follower = PreferencesFollower("unused:9092", "t", local, stall_seconds=2.0)
     follower.partitions = [TopicPartition("t", 0)]
     now_ms = time.time() * 1000
-    follower._started_ms = now_ms
+    follower._started_seconds = now_ms / 1000
     follower._watch_stall(FakeConsumer(now_ms - 500))
     assert local.get(KEY) is not None
     follower._watch_stall(FakeConsumer(now_ms - 5_000))
@@ -222,6 +222,6 @@ def test_follower_switches_the_local_cache_off_while_kafka_is_silent() -> None:
     follower._watch_stall(FakeConsumer(time.time() * 1000))
     assert local.enabled
     # Before any fetch answer, silence counts from the follower's start.
-    follower._started_ms = now_ms - 5_000
+    follower._started_seconds = (now_ms - 5_000) / 1000
     follower._watch_stall(FakeConsumer(None))
     assert not local.enabled

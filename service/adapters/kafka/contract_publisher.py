@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.adapters.kafka.producer import KafkaOutput, OutgoingRecord
-from service.application.ports import DeadLetterRecord
-from service.contract.encode import EncodedEvent, outcome_json
-from service.domain.events import Outcome
+from service.application.ports import DeadLetterRecord, EventMessage, OutcomeMessage
 
 _JSON = (("content-type", b"application/json"),)
 
@@ -21,17 +19,17 @@ class ContractPublisher:
 
     async def publish(
         self,
-        events: Sequence[EncodedEvent],
-        outcomes: Sequence[Outcome],
+        events: Sequence[EventMessage],
+        outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
     ) -> None:
         records = [
             *(
-                OutgoingRecord(self._preferences, e.event.subject_id.encode(), e.payload, _JSON)
+                OutgoingRecord(self._preferences, e.subject_id.encode(), e.payload, _JSON)
                 for e in events
             ),
             *(
-                OutgoingRecord(self._outcomes, o.command_id.encode(), outcome_json(o), _JSON)
+                OutgoingRecord(self._outcomes, o.command_id.encode(), o.payload, _JSON)
                 for o in outcomes
             ),
             *(

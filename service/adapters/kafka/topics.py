@@ -12,14 +12,14 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class TopicSpec:
+class KafkaTopic:
     name: str
     partitions: int
     replication: int = 1
     config: dict[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+async def ensure_topics(bootstrap: str, specs: list[KafkaTopic]) -> list[str]:
     """Create each missing topic; return the names created by this call."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()

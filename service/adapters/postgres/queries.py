@@ -11,8 +11,6 @@ ON CONFLICT DO NOTHING
 """
 
 # Row locks in a fixed order: a slow previous owner of a partition and its new owner
-# serialise on the subject instead of interleaving their writes (or deadlocking).
-# Row locks in a fixed order: a slow previous owner of a partition and its new owner
 # serialise on the subject instead of interleaving their writes (or deadlocking). The rules
 # come back in the same round trip; a subject without rules gives one row of NULLs.
 LOCK_SUBJECTS_WITH_RULES = """
@@ -29,14 +27,19 @@ FROM locked l
 LEFT JOIN rules r ON r.tenant = l.tenant AND r.subject_id = l.subject_id
 """
 
+NOW = "SELECT clock_timestamp()"
+
+# Outcomes and event payloads come back as the stored text: a redelivered record's answer
+# is published again byte for byte.
 LOAD_PROCESSED = """
-SELECT command_id, content_hash, source_topic, source_partition, source_offset, outcome
+SELECT command_id, content_hash, source_topic, source_partition, source_offset,
+       outcome::text AS outcome
 FROM processed_commands
 WHERE command_id = ANY($1::text[])
 """
 
 LOAD_EVENTS_OF_COMMANDS = """
-SELECT command_id, payload
+SELECT command_id, tenant, subject_id, payload::text AS payload
 FROM preference_events
 WHERE command_id = ANY($1::text[])
 ORDER BY tenant, subject_id, version

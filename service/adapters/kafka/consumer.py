@@ -1,4 +1,4 @@
-"""The Kafka consumer: batches of raw records in, offsets committed only after success.
+"""The Kafka consumer wiring: batches of raw records in, offsets committed only after success.
 
 faststream's default ``ACK_FIRST`` commits before processing (at-most-once); here the
 policy is ``MANUAL`` and the handler commits the exact offsets of a batch once the batch
@@ -20,6 +20,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
 from service.application.records import RawRecord
 
@@ -34,8 +35,6 @@ class WorkerState:
 
     assigned: set[tuple[str, int]] = field(default_factory=set)
     failing: str | None = None
-    batches: int = 0
-    records: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -45,13 +44,13 @@ class WorkerState:
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets an in-flight batch finish (and commit) before its partitions move away."""
 
-    def __init__(self, state: WorkerState, grace_s: float) -> None:
+    def __init__(self, state: WorkerState, grace_seconds: float) -> None:
         self._state = state
-        self._grace_s = grace_s
+        self._grace_seconds = grace_seconds
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         try:
-            await asyncio.wait_for(self._state.idle.wait(), self._grace_s)
+            await asyncio.wait_for(self._state.idle.wait(), self._grace_seconds)
         except TimeoutError:
             log.warning("rebalance_abandons_batch", partitions=len(revoked))
         self._state.assigned.difference_update((tp.topic, tp.partition) for tp in revoked)
@@ -81,20 +80,20 @@ def register_worker(
     topic: str,
     group_id: str,
     max_records: int,
-    wait_ms: int,
+    wait_seconds: float,
     process: BatchProcessor,
     state: WorkerState,
-    backoff_max_s: float,
+    backoff_max_seconds: float,
 ) -> Any:
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
         batch=True,
         max_records=max_records,
-        batch_timeout_ms=wait_ms,
+        batch_timeout_ms=round(wait_seconds * 1000),
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
-        listener=_Rebalance(state, grace_s=30.0),
+        listener=_Rebalance(state, grace_seconds=30.0),
         decoder=_no_decode,
         max_poll_interval_ms=600_000,
         title="optout-worker",
@@ -110,12 +109,10 @@ def register_worker(
             return
         state.idle.clear()
         try:
-            if not await _process_until_done(records, process, state, backoff_max_s):
+            if not await _process_until_done(records, process, state, backoff_max_seconds):
                 return
             consumer: Any = message.consumer
             await consumer.commit(next_offsets(records))
-            state.batches += 1
-            state.records += len(records)
         except Exception as exc:
             log.warning("offset_commit_failed", error=type(exc).__name__, records=len(records))
         finally:
@@ -129,34 +126,40 @@ async def _process_until_done(
     records: Sequence[RawRecord],
     process: BatchProcessor,
     state: WorkerState,
-    backoff_max_s: float,
+    backoff_max_seconds: float,
 ) -> bool:
     """Retry the batch until it succeeds; give up only when its partitions moved away."""
-    delay = 0.05
-    while True:
-        try:
-            await process(records)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            reason = _describe(exc)
-            if state.failing is None:
-                log.error("batch_failed_retrying", error=reason, records=len(records))
-            state.failing = reason
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, backoff_max_s)
-            owned = {(r.topic, r.partition) for r in records}
-            if not owned <= state.assigned:
-                log.warning("batch_abandoned_after_revocation", records=len(records))
-                return False
-        else:
-            if state.failing is not None:
-                log.info("batch_recovered")
-            state.failing = None
-            return True
+    owned = {(r.topic, r.partition) for r in records}
+
+    def revoked(_: RetryCallState) -> bool:
+        return not owned <= state.assigned
+
+    def failed(attempt: RetryCallState) -> None:
+        assert attempt.outcome is not None
+        reason = _describe(attempt.outcome.exception())
+        if state.failing is None:
+            log.error("batch_failed_retrying", error=reason, records=len(records))
+        state.failing = reason
+
+    retrying = AsyncRetrying(
+        wait=wait_exponential(multiplier=0.05, max=backoff_max_seconds),
+        stop=revoked,
+        before_sleep=failed,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                await process(records)
+    except RetryError:
+        log.warning("batch_abandoned_after_revocation", records=len(records))
+        return False
+    if state.failing is not None:
+        log.info("batch_recovered")
+    state.failing = None
+    return True
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException | None) -> str:
     """Name the failure without its message: driver messages can quote row values (PII)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
