@@ -43,3 +43,5 @@ def test_uv_version_is_the_same_everywhere() -> None:
     version = _pinned_uv()
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert re.search(rf"^UV_VERSION := {re.escape(version)}$", makefile, re.MULTILINE)
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert re.findall(r"uv==([0-9.]+)", dockerfile) == [version]
