@@ -3,21 +3,37 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# uv installs the project from the committed uv.lock. It comes from PyPI at this exact version
+# into its own small virtualenv (.tools/), so a clone needs nothing but python3; the same pin is
+# in pyproject.toml ([tool.uv] required-version) and deploy/Dockerfile.
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+UV_STAMP := $(TOOLS)/.uv-$(UV_VERSION)
+UV_PYTHON := --python $(PYTHON) --no-python-downloads
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-status migrate run worker test test-unit lint fmt bench schemas stop clean
+.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint fmt bench schemas stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(UV_STAMP):
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q 'uv==$(UV_VERSION)'
+	@rm -f $(TOOLS)/.uv-* && touch $@
+
+# Exactly the versions of uv.lock (--frozen: the lock is used as it is, never re-resolved);
+# `make lint` and a unit test fail when uv.lock no longer matches pyproject.toml.
+$(BIN)/.installed: pyproject.toml uv.lock $(UV_STAMP)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra dev $(UV_PYTHON)
 	@touch $@
 
-venv: $(BIN)/.installed ## create the virtualenv and install the project
+venv: $(BIN)/.installed ## create the virtualenv and install the project from uv.lock
+
+lock: $(UV_STAMP) ## re-resolve uv.lock after a change to the dependencies in pyproject.toml
+	$(UV) lock $(UV_PYTHON)
 
 stack: venv ## start Kafka, PostgreSQL and Redis on loopback (idempotent)
 	@$(STACK) up
@@ -39,7 +55,8 @@ test: migrate ## the whole test suite against the real stack
 test-unit: venv ## fast tests that need no service
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv ## ruff, mypy --strict and the import-linter layer contracts
+lint: venv ## uv.lock up to date, ruff, mypy --strict and the import-linter layer contracts
+	$(UV) lock --check $(UV_PYTHON)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service tests benchmarks
@@ -60,5 +77,5 @@ stop: ## stop the service started by `make run` and the stack
 		kill "$$(cat .stack/service.pid)"; echo "[stop] service stopped"; fi; rm -f .stack/service.pid
 	@$(STACK) down
 
-clean: stop ## stop everything and delete the stack's data and the virtualenv
-	rm -rf .stack $(VENV)
+clean: stop ## stop everything and delete the stack's data, the virtualenv and uv
+	rm -rf .stack $(VENV) $(TOOLS)
