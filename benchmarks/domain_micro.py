@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from benchmarks.common import CommandGenerator
 from service.contract.decode import DeadLetter, decode_command
-from service.domain.apply import ProcessedRecord, apply_batch
+from service.domain.apply import CommandKey, ProcessedRecord, apply_batch
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Delivery, Malformed, Received
 from service.domain.model import Rule, SubjectKey, SubjectState
@@ -89,7 +89,7 @@ def main() -> None:
     decoded = _decode_all(values)
     batches = [decoded[i : i + _BATCH] for i in range(0, len(decoded), _BATCH)]
     stored = _stored_states(batches, now)
-    no_processed: dict[str, ProcessedRecord] = {}
+    no_processed: dict[CommandKey, ProcessedRecord] = {}
 
     def apply_all() -> None:
         for batch, states in zip(batches, stored, strict=True):

@@ -6,13 +6,14 @@ own read-path connections (``service.client``) so that a sender never loads the 
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
@@ -25,7 +26,7 @@ from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_cache import RedisStateCache
-from service.adapters.redis_client import create_redis
+from service.adapters.redis_client import create_redis, eviction_problem
 from service.application.decisions import DecisionService
 from service.application.health import Readiness
 from service.application.process_commands import ProcessCommands
@@ -66,6 +67,7 @@ def decisions_for(
         redis_prefix=settings.redis_prefix,
         cache_ttl_seconds=settings.cache_ttl_seconds,
         fill_ttl_seconds=settings.cache_fill_ttl_seconds,
+        unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
     )
 
 
@@ -92,6 +94,9 @@ async def build_container(
     redis = create_redis(settings.redis_dsn)
     stack.push_async_callback(redis.aclose)
     catalog = configured_catalog(settings.catalog_file)
+    with suppress(RedisError, OSError):
+        if (problem := await eviction_problem(redis)) is not None:
+            log.error("redis_eviction_policy_unsafe", detail=problem)
     readiness = Readiness()
     container = Container(
         settings, catalog, pool, redis, readiness, decisions_for(settings, catalog, pool, redis)
@@ -101,7 +106,9 @@ async def build_container(
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
 
     async def redis_probe() -> str | None:
-        return None if await redis.ping() else "no PONG"
+        if not await redis.ping():
+            return "no PONG"
+        return await eviction_problem(redis)
 
     readiness.add("postgresql", postgres_probe)
     readiness.add("redis", redis_probe)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Read path: states copied from PostgreSQL into Redis on a miss expire, so ids that
     # were only ever asked about do not stay in Redis for good.
     cache_fill_ttl_seconds: int = Field(default=3_600, ge=0)
+    # Subjects the service has never heard of are cached briefly, so that ids made up by a
+    # reader cannot fill Redis.
+    cache_unknown_ttl_seconds: int = Field(default=60, ge=1)
     client_local_cache: bool = True
     client_local_cache_size: int = Field(default=100_000, ge=1)
     client_local_cache_max_age_seconds: float = Field(default=30.0, gt=0)

@@ -24,10 +24,11 @@ def build_decisions(
     redis_prefix: str,
     cache_ttl_seconds: int,
     fill_ttl_seconds: int,
+    unknown_ttl_seconds: int,
     local: LocalStates | None = None,
 ) -> DecisionService:
     cache = RedisStateCache(redis, redis_prefix, cache_ttl_seconds)
-    filler = RedisStateCache(redis, redis_prefix, fill_ttl_seconds)
+    filler = RedisStateCache(redis, redis_prefix, fill_ttl_seconds, unknown_ttl_seconds)
     return DecisionService(
         catalog, RedisStateReader(redis, cache), filler, PostgresStateReader(pool), local
     )

@@ -14,19 +14,21 @@ from redis.asyncio import Redis
 from service.adapters.state_codec import encode_state
 from service.domain.model import SubjectKey, SubjectState
 
-# KEYS = subject keys; ARGV = ttl seconds (0 = none), then a version and an encoded state
-# per key. One script call per batch: Redis runs it atomically, and the client packs one
-# command instead of one per subject.
+# KEYS = subject keys; ARGV = a version, an encoded state and a ttl in seconds (0 = none,
+# which also lifts an expiry the read path set) per key. One script call per batch: Redis
+# runs it atomically, and the client packs one command instead of one per subject.
 _CAS_SCRIPT = """
-local ttl = tonumber(ARGV[1])
 local written = 0
 for i, key in ipairs(KEYS) do
-  local version = tonumber(ARGV[2 * i])
+  local version = tonumber(ARGV[3 * i - 2])
   local current = redis.call('HGET', key, 'v')
   if (not current) or tonumber(current) < version then
-    redis.call('HSET', key, 'v', version, 'd', ARGV[2 * i + 1])
+    redis.call('HSET', key, 'v', version, 'd', ARGV[3 * i - 1])
+    local ttl = tonumber(ARGV[3 * i])
     if ttl > 0 then
       redis.call('EXPIRE', key, ttl)
+    else
+      redis.call('PERSIST', key)
     end
     written = written + 1
   end
@@ -36,10 +38,19 @@ return written
 
 
 class RedisStateCache:
-    def __init__(self, redis: Redis, prefix: str, ttl_seconds: int = 0) -> None:
+    """`ttl_seconds` for states with rules (0: no expiry); `unknown_ttl_seconds` for subjects
+    the service has never heard of (version 0), which the read path caches so a campaign
+    does not ask PostgreSQL about them on every send. Kept short, so that made-up ids asked
+    with a read token cannot fill Redis.
+    """
+
+    def __init__(
+        self, redis: Redis, prefix: str, ttl_seconds: int = 0, unknown_ttl_seconds: int = 0
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_seconds
+        self._unknown_ttl = unknown_ttl_seconds or ttl_seconds
         self._cas = redis.register_script(_CAS_SCRIPT)
 
     def key(self, subject: SubjectKey) -> str:
@@ -54,8 +65,9 @@ class RedisStateCache:
         states = list(states)
         if not states:
             return 0
-        args: list[bytes | int] = [self._ttl]
+        args: list[bytes | int] = []
         for state in states:
-            args.extend((state.version, encode_state(state)))
+            ttl = self._ttl if state.version else self._unknown_ttl
+            args.extend((state.version, encode_state(state), ttl))
         written = await self._cas(keys=[self.key(s.key) for s in states], args=args)
         return int(written)

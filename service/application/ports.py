@@ -14,7 +14,7 @@ from typing import Protocol, Self
 
 from service.application.records import RawRecord
 from service.contract.encode import EncodedEvent
-from service.domain.apply import BatchResult, ProcessedRecord
+from service.domain.apply import BatchResult, CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
 from service.domain.model import SubjectKey, SubjectState
 
@@ -58,8 +58,8 @@ class Loaded:
     """
 
     states: dict[SubjectKey, SubjectState]
-    processed: dict[str, ProcessedRecord]
-    answers: dict[str, StoredAnswer]
+    processed: dict[CommandKey, ProcessedRecord]
+    answers: dict[CommandKey, StoredAnswer]
     now: datetime
 
 
@@ -85,7 +85,10 @@ class CommandUnitOfWork(Protocol):
     ) -> None: ...
 
     async def load(
-        self, keys: Sequence[SubjectKey], command_ids: Sequence[str], deliveries: set[Delivery]
+        self,
+        keys: Sequence[SubjectKey],
+        commands: Sequence[CommandKey],
+        deliveries: set[Delivery],
     ) -> Loaded: ...
 
     async def save(self, batch: ToSave) -> None: ...

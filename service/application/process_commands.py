@@ -76,13 +76,13 @@ def encode_outputs(result: BatchResult, loaded: Loaded) -> _Outputs:
         encoded[id(entry.outcome)] = (entry.outcome, payload)
         processed_outcomes.append(payload)
     for entry in result.replayed:
-        answer = loaded.answers.get(entry.command_id)
+        answer = loaded.answers.get(entry.key)
         if answer is not None:
             encoded[id(entry.outcome)] = (entry.outcome, answer.outcome)
     events = [
         message
         for entry in result.replayed
-        if (answer := loaded.answers.get(entry.command_id)) is not None
+        if (answer := loaded.answers.get(entry.key)) is not None
         for message in answer.events
     ]
     events.extend(EventMessage(e.event.tenant, e.event.subject_id, e.payload) for e in new_events)
@@ -171,11 +171,16 @@ class ProcessCommands:
     async def _decide_and_store(self, commands: Sequence[Received | Malformed]) -> _Outputs:
         """Load, decide with the pure core, save: one transaction, committed on return."""
         keys = sorted({r.command.key for r in commands if isinstance(r, Received)})
-        command_ids = list(
-            {r.command.command_id if isinstance(r, Received) else r.command_id for r in commands}
+        command_keys = list(
+            {
+                (r.command.tenant, r.command.command_id)
+                if isinstance(r, Received)
+                else (r.tenant, r.command_id)
+                for r in commands
+            }
         )
         async with self._unit_of_work() as uow:
-            loaded = await uow.load(keys, command_ids, {r.delivery for r in commands})
+            loaded = await uow.load(keys, command_keys, {r.delivery for r in commands})
             result = apply_batch(
                 self._catalog,
                 loaded.states,

@@ -87,6 +87,7 @@ class OptoutClient:
                 redis_prefix=settings.redis_prefix,
                 cache_ttl_seconds=settings.cache_ttl_seconds,
                 fill_ttl_seconds=settings.cache_fill_ttl_seconds,
+                unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
                 local=local,
             )
         except BaseException:

@@ -8,16 +8,20 @@ untouched; a readable object with a command id but an invalid shape still gets a
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from service.contract.v1 import CommandV1
+from service.contract.storable import is_storable_text
+from service.contract.v1 import TENANT_PATTERN, CommandV1
 from service.domain.commands import Delivery, Malformed, Received
 
 _MAX_ERRORS_IN_DETAIL = 5
+_TENANT = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,13 @@ def _summarise(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
         location = ".".join(str(part) for part in error["loc"]) or "(root)"
-        parts.append(f"{location}: {error['type']}")
+        # Our own validators' messages never quote the input; pydantic's types say enough.
+        what = (
+            error["msg"].removeprefix("Value error, ")
+            if error["type"] == "value_error"
+            else error["type"]
+        )
+        parts.append(f"{location}: {what}")
     shown = parts[:_MAX_ERRORS_IN_DETAIL]
     more = len(parts) - len(shown)
     summary = "; ".join(shown)
@@ -43,10 +53,30 @@ def _summarise(exc: ValidationError) -> str:
 
 
 def _text(document: dict[str, Any], name: str, max_length: int) -> str | None:
+    """A field good enough to answer under: a string the outcome's stores can hold."""
     value = document.get(name)
-    if isinstance(value, str) and 1 <= len(value) <= max_length:
+    if isinstance(value, str) and 1 <= len(value) <= max_length and is_storable_text(value):
         return value
     return None
+
+
+def _tenant(document: dict[str, Any]) -> str:
+    value = document.get("tenant")
+    if isinstance(value, str) and _TENANT.fullmatch(value):
+        return value
+    return "default"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient_json(text: str) -> Any:
+    """Parse JSON that orjson refuses but that still names a command: lone surrogates
+    (``"\\ud800"``), numbers beyond a double. Such a command is then answered
+    `invalid_payload` with the field named, instead of going to the DLQ unanswered.
+    """
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def _canonical_hash(document: dict[str, Any]) -> str:
@@ -69,7 +99,10 @@ def decode_command(
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return DeadLetter("value is not valid JSON")
+        try:
+            document = _lenient_json(text)
+        except (ValueError, RecursionError):
+            return DeadLetter("value is not valid JSON")
     if not isinstance(document, dict):
         return DeadLetter("value is not a JSON object")
     command_id = _text(document, "command_id", 128)
@@ -87,7 +120,7 @@ def decode_command(
         return Malformed(
             command_id=command_id,
             subject_id=_text(document, "subject_id", 256),
-            tenant=_text(document, "tenant", 64) or "default",
+            tenant=_tenant(document),
             detail=_summarise(exc),
             delivery=delivery,
             content_hash=digest,

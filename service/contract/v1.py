@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from service.contract.storable import STORABLE_TEXT, parse_instant
 from service.domain.commands import Change, Command, Source, SourceChannel
 from service.domain.events import AppliedChange, Outcome, PreferenceChanged, Reason, Status
 from service.domain.model import Action, Rule
@@ -14,6 +15,9 @@ from service.domain.model import Action, Rule
 
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
+
+
+TENANT_PATTERN = r"^[a-z0-9_-]{1,64}$"
 
 
 class _Wire(BaseModel):
@@ -25,42 +29,42 @@ class SourceV1(_Wire):
     """Where the person acted; ip and user agent go to the consent history only."""
 
     channel: SourceChannel
-    app: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    ip: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    user_agent: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    app: Annotated[str, Field(min_length=1, max_length=128, pattern=STORABLE_TEXT)] | None = None
+    ip: Annotated[str, Field(min_length=1, max_length=64, pattern=STORABLE_TEXT)] | None = None
+    user_agent: (
+        Annotated[str, Field(min_length=1, max_length=512, pattern=STORABLE_TEXT)] | None
+    ) = None
 
 
 class ChangeV1(_Wire):
     """One statement about one (topic, channel) pair; `*` is the wildcard on either side."""
 
     action: Action
-    topic: str = Field(min_length=1, max_length=128)
-    channel: str = Field(min_length=1, max_length=64)
+    topic: str = Field(min_length=1, max_length=128, pattern=STORABLE_TEXT)
+    channel: str = Field(min_length=1, max_length=64, pattern=STORABLE_TEXT)
 
 
 class CommandV1(_Wire):
     """An opt-out/opt-in command as published to `optout.commands.v1`.
 
     Catalog membership is checked later, by the domain, so an unknown topic gets a precise
-    `unknown_topic` outcome instead of a generic `invalid_payload`.
+    `unknown_topic` outcome instead of a generic `invalid_payload`. Every string and the
+    timestamp are checked for what the stores can hold (``storable``).
     """
 
-    command_id: str = Field(min_length=1, max_length=128)
-    subject_id: str = Field(min_length=1, max_length=256)
+    command_id: str = Field(min_length=1, max_length=128, pattern=STORABLE_TEXT)
+    subject_id: str = Field(min_length=1, max_length=256, pattern=STORABLE_TEXT)
     occurred_at: AwareDatetime
     source: SourceV1
     changes: list[ChangeV1] = Field(min_length=1, max_length=100)
-    reason: str | None = Field(default=None, max_length=500)
-    tenant: str = Field(default="default", min_length=1, max_length=64)
+    reason: str | None = Field(default=None, max_length=500, pattern=STORABLE_TEXT)
+    # No `:` (the event key is `{tenant}:{subject_id}`), lower case, so one tenant has one name.
+    tenant: str = Field(default="default", pattern=TENANT_PATTERN)
 
     @field_validator("occurred_at", mode="before")
     @classmethod
-    def _rfc3339_text_only(cls, value: object) -> object:
-        # Pydantic would read a bare number as a Unix time; the contract asks for RFC 3339
-        # text, and accepting numbers would make milliseconds-vs-seconds mistakes silent.
-        if not isinstance(value, str):
-            raise ValueError("occurred_at must be an RFC 3339 string with an offset")
-        return value
+    def _rfc3339_within_range(cls, value: object) -> object:
+        return parse_instant(value)
 
     def to_domain(self) -> Command:
         return Command(

@@ -25,6 +25,9 @@ from service.domain.events import (
 from service.domain.model import Rule, SubjectKey, SubjectState
 from service.domain.validation import validate
 
+CommandKey = tuple[str, str]
+"""(tenant, command_id): command ids are unique per tenant, idempotency is judged on both."""
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessedRecord:
@@ -38,6 +41,10 @@ class ProcessedRecord:
     content_hash: str
     delivery: Delivery
     outcome: Outcome
+
+    @property
+    def key(self) -> CommandKey:
+        return (self.outcome.tenant, self.command_id)
 
 
 @dataclass
@@ -73,7 +80,7 @@ class _Batch:
         self,
         catalog: Catalog,
         states: Mapping[SubjectKey, SubjectState],
-        processed: Mapping[str, ProcessedRecord],
+        processed: Mapping[CommandKey, ProcessedRecord],
         now: datetime,
         effective_at: datetime,
         max_future: timedelta,
@@ -85,7 +92,7 @@ class _Batch:
         self.effective_at = effective_at
         self.max_future = max_future
         self.result = BatchResult()
-        self.new_processed: dict[str, ProcessedRecord] = {}
+        self.new_processed: dict[CommandKey, ProcessedRecord] = {}
 
     def known_state(self, key: SubjectKey) -> SubjectState | None:
         """The subject's latest state, from this batch or from storage; None if it is new."""
@@ -96,13 +103,13 @@ class _Batch:
         found = self.known_state(key)
         return found if found is not None else SubjectState.empty(key)
 
-    def lookup(self, command_id: str) -> ProcessedRecord | None:
-        found = self.new_processed.get(command_id)
-        return found if found is not None else self.base_processed.get(command_id)
+    def lookup(self, key: CommandKey) -> ProcessedRecord | None:
+        found = self.new_processed.get(key)
+        return found if found is not None else self.base_processed.get(key)
 
     def store(self, record: ProcessedRecord) -> None:
         # Re-inserting moves nothing: one entry per id, the last answer wins.
-        self.new_processed[record.command_id] = record
+        self.new_processed[record.key] = record
 
     def answer(self, outcome: Outcome) -> None:
         self.result.outcomes.append(outcome)
@@ -116,7 +123,7 @@ class _Batch:
             command_id, delivery = record.command_id, record.delivery
             tenant, subject_id = record.tenant, record.subject_id
 
-        prior = self.lookup(command_id)
+        prior = self.lookup((tenant, command_id))
         if prior is not None and prior.delivery == delivery:
             self.replay(prior, tenant, subject_id)
             return
@@ -332,7 +339,7 @@ def _effective_rules(command: Command) -> list[Rule]:
 def apply_batch(
     catalog: Catalog,
     states: Mapping[SubjectKey, SubjectState],
-    processed: Mapping[str, ProcessedRecord],
+    processed: Mapping[CommandKey, ProcessedRecord],
     records: Sequence[Received | Malformed],
     *,
     now: datetime,
@@ -342,8 +349,8 @@ def apply_batch(
     """Apply a batch of records in order and return everything to persist and publish.
 
     `states` must hold the stored state of every subject in the batch that has one (a missing
-    subject is taken to be new, version 0) and `processed` the stored entry of every command
-    id in the batch that has one. `effective_at` is the commit time stamped on applied
+    subject is taken to be new, version 0) and `processed` the stored entry of every (tenant,
+    command id) in the batch that has one. `effective_at` is the commit time stamped on applied
     outcomes and events; `now` is the clock used to refuse future-dated commands.
     """
     batch = _Batch(catalog, states, processed, now, effective_at, max_future)

@@ -37,6 +37,15 @@ class UnknownChannel(CatalogLookupError):
     """Asked about a channel outside the catalog: answering with a default would hide a typo."""
 
 
+class InvalidChannel(CatalogLookupError):
+    """A channel that cannot go with the topic asked about.
+
+    Channel `*` on a message topic asks "may I send on some channel?", which has no single
+    answer (an opt-out of email and an opt-in of SMS are both true at once): ask per channel.
+    A data-use topic is about the data, not a channel, so it takes `*` only.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     """How one topic behaves when a subject has said nothing that covers it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from service.domain.catalog import Catalog, UnknownChannel
+from service.domain.catalog import Catalog, InvalidChannel, UnknownChannel
 from service.domain.model import WILDCARD, Decision, Rule, SubjectState
 
 Rules = Mapping[tuple[str, str], Rule]
@@ -19,11 +19,17 @@ def is_allowed(catalog: Catalog, rules: Rules | SubjectState, topic: str, channe
 
     Mandatory topics first, then the latest statement covering the question (topic or an
     ancestor or `*`, on the channel or `*`), then the catalog default. Asking channel `*`
-    means "the data use itself" (or "every channel at once"): only `*`-channel rules cover it.
+    means "the data use itself": only `*`-channel rules cover it. Channel `*` on a message
+    topic, or a channel on a data use, raises ``InvalidChannel``.
     """
     spec = catalog.spec(topic)  # raises UnknownTopic
-    if channel != WILDCARD and not catalog.has_channel(channel):
+    if channel == WILDCARD:
+        if not catalog.is_data_use(topic):
+            raise InvalidChannel(f"channel '*' on message topic {topic!r}: ask per channel")
+    elif not catalog.has_channel(channel):
         raise UnknownChannel(f"unknown channel {channel!r}")
+    elif catalog.is_data_use(topic):
+        raise InvalidChannel(f"data-use topic {topic!r} takes channel '*' only")
     if catalog.is_mandatory(topic):
         return Decision(True, "mandatory", None, topic, channel)
     table = rules.rules if isinstance(rules, SubjectState) else rules

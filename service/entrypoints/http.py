@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from service.application.decisions import DecisionService, Question
 from service.application.health import Readiness
-from service.domain.catalog import CatalogLookupError, UnknownTopic
+from service.domain.catalog import CatalogLookupError, InvalidChannel, UnknownTopic
 from service.domain.model import SubjectKey
 from service.entrypoints.api_models import (
     CheckBatchIn,
@@ -86,6 +86,8 @@ def _invalid(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> _Inval
 
 
 def _catalog_error(exc: CatalogLookupError, prefix: str = "") -> _Invalid:
+    if isinstance(exc, InvalidChannel):
+        return _Invalid("invalid_channel", str(exc), f"{prefix}channel")
     name = "topic" if isinstance(exc, UnknownTopic) else "channel"
     return _Invalid(f"unknown_{name}", str(exc), f"{prefix}{name}")
 

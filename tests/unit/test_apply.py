@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
-from service.domain.apply import BatchResult, ProcessedRecord, apply_batch
+from service.domain.apply import BatchResult, CommandKey, ProcessedRecord, apply_batch
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import (
     Change,
@@ -55,7 +55,7 @@ def rec(command: Command, at: Delivery | None = None) -> Received:
 def run(
     records: Sequence[Received | Malformed],
     states: Mapping[SubjectKey, SubjectState] | None = None,
-    processed: Mapping[str, ProcessedRecord] | None = None,
+    processed: Mapping[CommandKey, ProcessedRecord] | None = None,
 ) -> BatchResult:
     return apply_batch(
         DEFAULT_CATALOG,
@@ -71,11 +71,11 @@ def run(
 def carry(
     result: BatchResult,
     states: dict[SubjectKey, SubjectState],
-    processed: dict[str, ProcessedRecord],
+    processed: dict[CommandKey, ProcessedRecord],
 ) -> None:
     """What the adapters do: persist the result so the next batch sees it."""
     states.update(result.states)
-    processed.update({p.command_id: p for p in result.processed})
+    processed.update({p.key: p for p in result.processed})
 
 
 def test_first_command_applies_at_version_one() -> None:
@@ -122,7 +122,7 @@ def test_versions_increment_and_events_in_order() -> None:
 
 def test_version_continues_from_stored_state() -> None:
     states: dict[SubjectKey, SubjectState] = {}
-    processed: dict[str, ProcessedRecord] = {}
+    processed: dict[CommandKey, ProcessedRecord] = {}
     carry(run([rec(cmd("c1", ("opt_out", "marketing", "email")))]), states, processed)
     result = run([rec(cmd("c2", ("opt_in", "marketing", "email"), minutes=1))], states, processed)
     assert result.outcomes[0].version == 2
@@ -178,7 +178,7 @@ def test_duplicate_in_same_batch_and_across_batches() -> None:
     assert len(result.events) == 1
     assert len(result.processed) == 1
     states: dict[SubjectKey, SubjectState] = {}
-    processed: dict[str, ProcessedRecord] = {}
+    processed: dict[CommandKey, ProcessedRecord] = {}
     carry(result, states, processed)
     later = run([rec(command)], states, processed)
     assert later.outcomes[0].status == "duplicate"
@@ -220,7 +220,7 @@ def test_redelivery_replays_stored_outcome_and_events() -> None:
     at = delivery()
     first = run([rec(command, at)])
     states: dict[SubjectKey, SubjectState] = {}
-    processed: dict[str, ProcessedRecord] = {}
+    processed: dict[CommandKey, ProcessedRecord] = {}
     carry(first, states, processed)
     again = apply_batch(
         DEFAULT_CATALOG,
@@ -232,7 +232,7 @@ def test_redelivery_replays_stored_outcome_and_events() -> None:
         max_future=timedelta(minutes=5),
     )
     assert again.outcomes == first.outcomes
-    assert again.replayed == [processed[o.command_id] for o in first.outcomes]
+    assert again.replayed == [processed[(o.tenant, o.command_id)] for o in first.outcomes]
     assert again.events == []
     assert again.processed == []
     assert again.changed == {}
@@ -246,7 +246,7 @@ def test_redelivery_of_rejected_replays_rejection() -> None:
     bad = cmd("c1", ("opt_out", "security", "email"))
     first = run([rec(bad, at)])
     assert first.outcomes[0].reason == "mandatory_topic"
-    processed = {p.command_id: p for p in first.processed}
+    processed = {p.key: p for p in first.processed}
     again = run([rec(bad, at)], {}, processed)
     assert again.outcomes == first.outcomes
     assert again.states == {}
@@ -309,7 +309,7 @@ def test_malformed_after_applied_id_is_conflict() -> None:
 def test_malformed_resent_is_rejected_again_and_redelivery_replays() -> None:
     at = delivery()
     first = run([malformed("m1", at)])
-    processed = {p.command_id: p for p in first.processed}
+    processed = {p.key: p for p in first.processed}
     again = run([malformed("m1", at), malformed("m1")], {}, processed)
     assert again.outcomes[0] == first.outcomes[0]
     assert again.outcomes[1].reason == "invalid_payload"
@@ -349,13 +349,13 @@ def test_redelivery_of_rejected_record_superseded_by_fixed_retry_repeats_rejecti
     good = cmd("c1", ("opt_out", "marketing", "email"))
     first = run([rec(bad, bad_at), rec(good, good_at)])
     states: dict[SubjectKey, SubjectState] = {}
-    processed: dict[str, ProcessedRecord] = {}
+    processed: dict[CommandKey, ProcessedRecord] = {}
     carry(first, states, processed)
     again = run([rec(bad, bad_at), rec(good, good_at)], states, processed)
     assert again.outcomes == first.outcomes
     assert again.processed == []
     # Only the fixed retry was applied; the rejected record is re-answered, not replayed.
-    assert again.replayed == [processed["c1"]]
+    assert again.replayed == [processed[("default", "c1")]]
 
 
 def test_redelivery_of_future_dated_record_later_retried_stays_rejected() -> None:
@@ -363,7 +363,7 @@ def test_redelivery_of_future_dated_record_later_retried_stays_rejected() -> Non
     early_at, late_at = delivery(), delivery()
     first = run([rec(future, early_at)])
     assert first.outcomes[0].reason == "future_timestamp"
-    processed = {p.command_id: p for p in first.processed}
+    processed = {p.key: p for p in first.processed}
     later_now = NOW + timedelta(hours=2)
     retried = apply_batch(
         DEFAULT_CATALOG,
@@ -375,7 +375,7 @@ def test_redelivery_of_future_dated_record_later_retried_stays_rejected() -> Non
         max_future=timedelta(minutes=5),
     )
     assert retried.outcomes[0].status == "applied"
-    processed.update({p.command_id: p for p in retried.processed})
+    processed.update({p.key: p for p in retried.processed})
     again = apply_batch(
         DEFAULT_CATALOG,
         retried.states,

@@ -134,7 +134,7 @@ def test_naive_timestamp_rejected_without_leaking_values() -> None:
     document["subject_id"] = "x" * 300
     result = decode(document)
     assert isinstance(result, Malformed)
-    assert "timezone_aware" in result.detail
+    assert "occurred_at: must be an RFC 3339 timestamp with an offset" in result.detail
     assert "2026" not in result.detail
     assert "xxx" not in result.detail
     assert result.subject_id is None  # unreadable, so not echoed

@@ -10,6 +10,7 @@ from service.domain.catalog import (
     DEFAULT_CATALOG,
     Catalog,
     CatalogLookupError,
+    InvalidChannel,
     TopicSpec,
     UnknownChannel,
     UnknownTopic,
@@ -176,3 +177,16 @@ def test_effective_preferences_covers_catalog() -> None:
 def test_naive_rule_time_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         Rule("marketing", "email", "opt_out", datetime(2026, 1, 1), "web", "c")
+
+
+def test_channel_wildcard_is_refused_on_message_topics_and_required_on_data_uses() -> None:
+    # An opt-out of email and an opt-in of SMS: "may I send on some channel?" has no answer.
+    state = rules(rule("marketing", "email", "opt_out"), rule("marketing", "sms", "opt_in"))
+    for topic in ("marketing", "marketing.newsletter", "security"):
+        with pytest.raises(InvalidChannel):
+            is_allowed(DEFAULT_CATALOG, state, topic, "*")
+    with pytest.raises(InvalidChannel):
+        is_allowed(DEFAULT_CATALOG, state, "data.sale", "email")
+    assert is_allowed(DEFAULT_CATALOG, state, "data.sale", "*").allowed
+    # The SDK's callers get a ValueError, as for any invalid question.
+    assert issubclass(InvalidChannel, ValueError)

@@ -26,7 +26,7 @@ from service.application.ports import (
 )
 from service.application.process_commands import ProcessCommands
 from service.application.records import RawRecord
-from service.domain.apply import ProcessedRecord
+from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Delivery
 from service.domain.model import SubjectKey, SubjectState
@@ -38,9 +38,9 @@ TOPIC = "commands"
 @dataclass
 class FakeDatabase:
     states: dict[SubjectKey, SubjectState] = field(default_factory=dict)
-    processed: dict[str, ProcessedRecord] = field(default_factory=dict)
-    outcomes: dict[str, bytes] = field(default_factory=dict)
-    events: dict[str, list[EventMessage]] = field(default_factory=dict)
+    processed: dict[CommandKey, ProcessedRecord] = field(default_factory=dict)
+    outcomes: dict[CommandKey, bytes] = field(default_factory=dict)
+    events: dict[CommandKey, list[EventMessage]] = field(default_factory=dict)
     commits: int = 0
     fail_save: bool = False
 
@@ -74,11 +74,14 @@ class FakeUnitOfWork:
             self._db.commits += 1
 
     async def load(
-        self, keys: Sequence[SubjectKey], command_ids: Sequence[str], deliveries: set[Delivery]
+        self,
+        keys: Sequence[SubjectKey],
+        commands: Sequence[CommandKey],
+        deliveries: set[Delivery],
     ) -> Loaded:
         work = self._work
         states = {k: work.states[k] for k in keys if k in work.states}
-        processed = {c: work.processed[c] for c in command_ids if c in work.processed}
+        processed = {c: work.processed[c] for c in commands if c in work.processed}
         answers = {
             c: StoredAnswer(work.outcomes[c], tuple(work.events.get(c, ())))
             for c, p in processed.items()
@@ -92,11 +95,11 @@ class FakeUnitOfWork:
         work = self._work
         work.states.update(batch.result.changed)
         for entry, payload in zip(batch.result.processed, batch.processed_outcomes, strict=True):
-            work.processed[entry.command_id] = entry
-            work.outcomes[entry.command_id] = payload
+            work.processed[entry.key] = entry
+            work.outcomes[entry.key] = payload
         for encoded in batch.events:
             event = encoded.event
-            work.events.setdefault(event.command_id, []).append(
+            work.events.setdefault((event.tenant, event.command_id), []).append(
                 EventMessage(event.tenant, event.subject_id, encoded.payload)
             )
 
@@ -191,7 +194,7 @@ async def test_applied_command_is_stored_cached_and_published() -> None:
     (event,) = h.publisher.events
     assert orjson.loads(event.payload)["preferences"][0]["topic"] == "marketing"
     # The outcome published is the one stored in the log, byte for byte.
-    assert h.publisher.outcomes[0].payload == h.db.outcomes["c1"]
+    assert h.publisher.outcomes[0].payload == h.db.outcomes[("default", "c1")]
 
 
 async def test_older_change_is_unchanged() -> None:
@@ -278,4 +281,20 @@ async def test_failing_publisher_raises_and_the_retry_publishes_the_same_answers
     assert h.db.states == committed
     assert h.publisher.statuses() == [("applied", None), ("applied", None)]
     assert [orjson.loads(e.payload)["version"] for e in h.publisher.events] == [1, 2]
-    assert [o.payload for o in h.publisher.outcomes] == [h.db.outcomes["c1"], h.db.outcomes["c2"]]
+    assert [o.payload for o in h.publisher.outcomes] == [
+        h.db.outcomes[("default", "c1")],
+        h.db.outcomes[("default", "c2")],
+    ]
+
+
+async def test_command_ids_are_scoped_per_tenant() -> None:
+    h = Harness()
+    await h.process([record(0, command("c1", tenant="acme"))])
+    await h.process([record(1, command("c1", "u1", ("opt_out", "*", "sms"), tenant="globex"))])
+    await h.process([record(2, command("c1", "u1", ("opt_out", "*", "sms"), tenant="globex"))])
+    outcomes = [orjson.loads(o.payload) for o in h.publisher.outcomes]
+    assert [(o["tenant"], o["status"], o["version"]) for o in outcomes] == [
+        ("acme", "applied", 1),
+        ("globex", "applied", 1),
+        ("globex", "duplicate", 1),
+    ]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.apply import ProcessedRecord, apply_batch
+from service.domain.apply import CommandKey, ProcessedRecord, apply_batch
 from service.domain.catalog import DEFAULT_CATALOG, Catalog, TopicSpec
 from service.domain.commands import Change, Command, Delivery, Received, Source
 from service.domain.decision import is_allowed
@@ -86,7 +86,7 @@ def run_in_batches(
     a crash before the offset commit: the answers must repeat and nothing must be re-applied.
     """
     states: dict[SubjectKey, SubjectState] = {}
-    processed: dict[str, ProcessedRecord] = {}
+    processed: dict[CommandKey, ProcessedRecord] = {}
     records = [
         Received(command, Delivery("t", 0, offset)) for offset, command in enumerate(commands)
     ]
@@ -104,7 +104,7 @@ def run_in_batches(
         assert len(result.outcomes) == end - start
         assert all(o.status in ("applied", "unchanged", "duplicate") for o in result.outcomes)
         states.update(result.states)
-        processed.update({p.command_id: p for p in result.processed})
+        processed.update({p.key: p for p in result.processed})
         if redeliver:
             again = apply_batch(
                 catalog,
@@ -129,7 +129,8 @@ def run_in_batches(
 def questions(catalog: Catalog) -> list[tuple[str, str]]:
     asked: list[tuple[str, str]] = []
     for topic, spec in catalog.topics.items():
-        channels = ["*"] if spec.data_use else [*CHANNELS, "*"]
+        # Channel `*` is a data use's only channel, and never one of a message topic.
+        channels = ["*"] if spec.data_use else CHANNELS
         asked.extend((topic, channel) for channel in channels)
     return asked
 

@@ -32,17 +32,17 @@ NOW = "SELECT clock_timestamp()"
 # Outcomes and event payloads come back as the stored text: a redelivered record's answer
 # is published again byte for byte.
 LOAD_PROCESSED = """
-SELECT command_id, content_hash, source_topic, source_partition, source_offset,
-       outcome::text AS outcome
-FROM processed_commands
-WHERE command_id = ANY($1::text[])
+SELECT p.tenant, p.command_id, p.content_hash, p.source_topic, p.source_partition,
+       p.source_offset, p.outcome::text AS outcome
+FROM processed_commands p
+JOIN unnest($1::text[], $2::text[]) AS u(t, cid) ON p.tenant = u.t AND p.command_id = u.cid
 """
 
 LOAD_EVENTS_OF_COMMANDS = """
-SELECT command_id, tenant, subject_id, payload::text AS payload
-FROM preference_events
-WHERE command_id = ANY($1::text[])
-ORDER BY tenant, subject_id, version
+SELECT e.tenant, e.command_id, e.subject_id, e.payload::text AS payload
+FROM preference_events e
+JOIN unnest($1::text[], $2::text[]) AS u(t, cid) ON e.tenant = u.t AND e.command_id = u.cid
+ORDER BY e.tenant, e.subject_id, e.version
 """
 
 # Every write of a batch in one statement (one round trip): each part reads its rows from
@@ -66,8 +66,8 @@ upsert_rules AS (
         source_channel = EXCLUDED.source_channel,
         command_id = EXCLUDED.command_id,
         updated_at = now()
-    WHERE (rules.occurred_at, rules.action = 'opt_out', rules.command_id)
-        < (EXCLUDED.occurred_at, EXCLUDED.action = 'opt_out', EXCLUDED.command_id)
+    WHERE (rules.occurred_at, rules.action = 'opt_out', rules.command_id COLLATE "C")
+        < (EXCLUDED.occurred_at, EXCLUDED.action = 'opt_out', EXCLUDED.command_id COLLATE "C")
 ),
 bump_versions AS (
     UPDATE subjects s
@@ -103,7 +103,7 @@ processed AS (
     FROM json_to_recordset($5::json) AS x(
         command_id text, content_hash text, tenant text, subject_id text, source_topic text,
         source_partition integer, source_offset bigint, outcome json)
-    ON CONFLICT (command_id) DO UPDATE
+    ON CONFLICT (tenant, command_id) DO UPDATE
     SET content_hash = EXCLUDED.content_hash,
         tenant = EXCLUDED.tenant,
         subject_id = EXCLUDED.subject_id,

@@ -20,7 +20,7 @@ from service.adapters.postgres.pool import Connection
 from service.adapters.postgres.rows import states_from_rows
 from service.application.ports import EventMessage, Loaded, StoredAnswer, ToSave
 from service.contract.v1 import OutcomeV1
-from service.domain.apply import ProcessedRecord
+from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
 from service.domain.model import SubjectKey
 
@@ -64,7 +64,10 @@ class PostgresCommandUnitOfWork:
         return conn
 
     async def load(
-        self, keys: Sequence[SubjectKey], command_ids: Sequence[str], deliveries: set[Delivery]
+        self,
+        keys: Sequence[SubjectKey],
+        commands: Sequence[CommandKey],
+        deliveries: set[Delivery],
     ) -> Loaded:
         conn = self._connection
         if keys:
@@ -76,17 +79,19 @@ class PostgresCommandUnitOfWork:
         else:
             locked = []
             now = await conn.fetchval(queries.NOW)
-        processed, answers = await self._load_processed(conn, command_ids, deliveries)
+        processed, answers = await self._load_processed(conn, commands, deliveries)
         return Loaded(states_from_rows(locked), processed, answers, now)
 
     async def _load_processed(
-        self, conn: Connection, command_ids: Sequence[str], deliveries: set[Delivery]
-    ) -> tuple[dict[str, ProcessedRecord], dict[str, StoredAnswer]]:
-        rows = await conn.fetch(queries.LOAD_PROCESSED, command_ids)
+        self, conn: Connection, commands: Sequence[CommandKey], deliveries: set[Delivery]
+    ) -> tuple[dict[CommandKey, ProcessedRecord], dict[CommandKey, StoredAnswer]]:
+        rows = await conn.fetch(
+            queries.LOAD_PROCESSED, [t for t, _ in commands], [c for _, c in commands]
+        )
         if not rows:
             return {}, {}
         processed = {
-            row["command_id"]: ProcessedRecord(
+            (row["tenant"], row["command_id"]): ProcessedRecord(
                 command_id=row["command_id"],
                 content_hash=row["content_hash"],
                 delivery=_delivery(row),
@@ -94,17 +99,23 @@ class PostgresCommandUnitOfWork:
             )
             for row in rows
         }
-        redelivered = {row["command_id"]: row for row in rows if _delivery(row) in deliveries}
+        redelivered = {
+            (row["tenant"], row["command_id"]): row for row in rows if _delivery(row) in deliveries
+        }
         if not redelivered:
             return processed, {}
-        events: dict[str, list[EventMessage]] = {}
-        for row in await conn.fetch(queries.LOAD_EVENTS_OF_COMMANDS, list(redelivered)):
-            events.setdefault(row["command_id"], []).append(
+        events: dict[CommandKey, list[EventMessage]] = {}
+        for row in await conn.fetch(
+            queries.LOAD_EVENTS_OF_COMMANDS,
+            [t for t, _ in redelivered],
+            [c for _, c in redelivered],
+        ):
+            events.setdefault((row["tenant"], row["command_id"]), []).append(
                 EventMessage(row["tenant"], row["subject_id"], row["payload"].encode())
             )
         answers = {
-            command_id: StoredAnswer(row["outcome"].encode(), tuple(events.get(command_id, ())))
-            for command_id, row in redelivered.items()
+            key: StoredAnswer(row["outcome"].encode(), tuple(events.get(key, ())))
+            for key, row in redelivered.items()
         }
         return processed, answers
 
