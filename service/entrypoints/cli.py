@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -110,6 +113,80 @@ def check(
         typer.echo(answer.model_dump_json())
     else:
         typer.echo(f"{subject} {topic} {channel}: {answer.reason.explanation}")
+
+
+@app.command()
+def lag(
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (default OPTOUT_CONSUMER_GROUP).")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Topic (default OPTOUT_TOPIC_COMMANDS).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document, for machines.")
+    ] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option(help="Refresh in place every this many seconds, until Ctrl-C."),
+    ] = None,
+    max_lag: Annotated[
+        int | None, typer.Option(help="Exit 2 when any partition lags more records.")
+    ] = None,
+    max_lag_seconds: Annotated[
+        float | None, typer.Option(help="Exit 2 when any partition's oldest record is older.")
+    ] = None,
+) -> None:
+    """Per partition: committed offset, end offset, lag in records and in seconds.
+
+    Reads Kafka only (no worker needed). With --max-lag / --max-lag-seconds it is a probe:
+    exit status 2 when over, 0 otherwise; 1 when Kafka cannot be asked.
+    """
+    from service.adapters.kafka.lag import group_lag
+    from service.entrypoints.lag_report import over_limits, render_table
+
+    settings = _settings()
+    # The client library logs its connection errors itself; the one line below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    group_name = group or settings.consumer_group
+    topic_name = topic or settings.topic_commands
+
+    def measure() -> list[Any]:
+        try:
+            return asyncio.run(group_lag(settings.kafka_bootstrap, group_name, topic_name))
+        except Exception as exc:  # one line naming the dependency, never a traceback
+            typer.echo(
+                f"optout lag: Kafka at {settings.kafka_bootstrap} could not be asked"
+                f" ({type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''})",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+
+    def show(rows: list[Any]) -> str:
+        if not as_json:
+            return render_table(group_name, rows)
+        return json.dumps(
+            {
+                "group": group_name,
+                "topic": topic_name,
+                "partitions": [r.as_dict() for r in rows],
+                "total_lag_records": sum(r.lag_records for r in rows),
+                "max_lag_seconds": max((r.lag_seconds for r in rows), default=0.0),
+            }
+        )
+
+    if watch is not None:
+        try:
+            while True:
+                # color=True: click drops escape sequences when stdout is not a terminal.
+                typer.echo("\x1b[H\x1b[2J" + show(measure()), color=True)
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+    rows = measure()
+    typer.echo(show(rows))
+    if over_limits(rows, max_lag, max_lag_seconds):
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":
