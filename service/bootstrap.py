@@ -48,7 +48,7 @@ class Container:
     catalog: Catalog
     pool: asyncpg.Pool
     redis: Redis
-    broker: KafkaBroker
+    broker: KafkaBroker | None  # the worker's; `optout api` starts no Kafka client
     cache: RedisStateCache
     store: PostgresCommandStore
     readiness: Readiness
@@ -88,7 +88,6 @@ async def build_container(
     stack.push_async_callback(pool.close)
     redis = create_redis(settings.redis_dsn)
     stack.push_async_callback(redis.aclose)
-    broker = build_broker(settings.kafka_bootstrap)
     catalog = load_configured_catalog(settings)
     cache = RedisStateCache(redis, settings.redis_prefix, settings.cache_ttl_seconds)
     store = PostgresCommandStore(
@@ -96,9 +95,7 @@ async def build_container(
     )
     readiness = Readiness()
     decisions = build_decisions(settings, catalog, pool, redis)
-    container = Container(
-        settings, catalog, pool, redis, broker, cache, store, readiness, decisions
-    )
+    container = Container(settings, catalog, pool, redis, None, cache, store, readiness, decisions)
 
     async def postgres_probe() -> str | None:
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
@@ -106,14 +103,16 @@ async def build_container(
     async def redis_probe() -> str | None:
         return None if await redis.ping() else "no PONG"
 
-    async def kafka_probe() -> str | None:
-        return None if await broker.ping(timeout=2.0) else "broker unreachable"
-
     readiness.add("postgresql", postgres_probe)
     readiness.add("redis", redis_probe)
-    readiness.add("kafka", kafka_probe)
 
     if with_worker:
+        broker = container.broker = build_broker(settings.kafka_bootstrap)
+
+        async def kafka_probe() -> str | None:
+            return None if await broker.ping(timeout=2.0) else "broker unreachable"
+
+        readiness.add("kafka", kafka_probe)
         await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
         state = WorkerState()
         container.worker_state = state
@@ -147,7 +146,6 @@ async def build_container(
             return None if state.assigned else "no partitions assigned"
 
         readiness.add("consumer", consumer_probe)
-
-    await broker.start()
-    stack.push_async_callback(broker.stop)
+        await broker.start()
+        stack.push_async_callback(broker.stop)
     return container
