@@ -14,8 +14,8 @@ import structlog
 import uvicorn
 
 from service.bootstrap import Container, build_container
-from service.entrypoints.auth import Authenticator, parse_tokens
-from service.entrypoints.http import build_http_app
+from service.entrypoints.http.app import build_http_app
+from service.entrypoints.http.security import Authenticator, parse_tokens
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,12 @@ class Service:
             if not len(auth):
                 log.warning("api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401")
             config = uvicorn.Config(
-                build_http_app(self.container.readiness, self.container.decisions, auth),
+                build_http_app(
+                    self.container.readiness,
+                    self.container.decisions,
+                    auth,
+                    max_body_bytes=self.settings.http_max_body_bytes,
+                ),
                 host=self.settings.http_host,
                 port=self.settings.http_port,
                 log_config=None,

@@ -1,6 +1,9 @@
-"""The HTTP API as a process serves it."""
+"""The HTTP API as a process serves it: without Kafka and over a real socket."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -41,3 +44,31 @@ async def test_the_api_alone_needs_no_kafka(api_settings: Settings) -> None:
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["reason"]["basis"] == "default"
+
+
+async def test_request_bodies_are_capped_over_the_wire(api_settings: Settings) -> None:
+    limit = 64 * 1024
+    capped = api_settings.model_copy(update={"http_max_body_bytes": limit})
+    check = b'{"subject_id": "s", "topic": "marketing", "channel": "sms"}'
+    big = b'{"checks": [' + b",".join([check] * (16 * limit // len(check))) + b"]}"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 4096):
+            yield big[start : start + 4096]
+
+    async with (
+        Service(capped, with_worker=False),
+        httpx.AsyncClient(base_url=base(capped), headers=AUTH, timeout=10) as http,
+    ):
+        json_body = {"Content-Type": "application/json"}
+        for content in (big, chunks()):
+            response = await http.post("/v1/check", content=content, headers=json_body)
+            assert response.status_code == 413
+            assert response.json() == {
+                "error": "too_large",
+                "detail": f"the request body is larger than {limit} bytes",
+                "field": None,
+            }
+        small = json.loads(big)["checks"][:1_000]
+        answered = await http.post("/v1/check", json={"checks": small})
+        assert answered.status_code == 200
