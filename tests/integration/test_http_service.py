@@ -1,9 +1,14 @@
-"""The HTTP API as a process serves it: without Kafka and over a real socket."""
+"""The HTTP API as a process serves it: without Kafka, over a real socket, and until a signal."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -72,3 +77,49 @@ async def test_request_bodies_are_capped_over_the_wire(api_settings: Settings) -
         small = json.loads(big)["checks"][:1_000]
         answered = await http.post("/v1/check", json={"checks": small})
         assert answered.status_code == 200
+
+
+async def wait_until_serving(url: str, process: asyncio.subprocess.Process) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            assert process.returncode is None, "the service exited while starting"
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.mark.parametrize(
+    ("command", "stop"), [("api", signal.SIGTERM), ("api", signal.SIGINT), ("run", signal.SIGTERM)]
+)
+async def test_the_cli_stops_cleanly_on_a_signal(
+    settings: Settings, tmp_path: Path, command: str, stop: signal.Signals
+) -> None:
+    """uvicorn catches the signal while it serves; the process must still unwind everything."""
+    log = tmp_path / "service.log"
+    env = {**os.environ, **settings.as_environment(), "OPTOUT_LOG_FORMAT": "json"}
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service.entrypoints.cli",
+            command,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        await wait_until_serving(f"{base(settings)}/healthz", process)
+        process.send_signal(stop)
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = log.read_text()
+    events = [json.loads(line)["event"] for line in text.splitlines() if line.startswith("{")]
+    assert code == 0, text
+    assert events[-2:] == ["service_stopping", "service_stopped"], events
