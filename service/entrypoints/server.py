@@ -25,9 +25,24 @@ log = structlog.get_logger(__name__)
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind here rather than in uvicorn: a taken port raises ``OSError`` to the caller,
-    where uvicorn would call ``sys.exit`` inside a task and bring the event loop down."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
+    where uvicorn would call ``sys.exit`` inside a task and bring the event loop down.
+
+    The protocol must be ``IPPROTO_TCP`` (``socket.create_server`` leaves it 0): asyncio sets
+    ``TCP_NODELAY`` only on connections accepted from such a socket, and without it every
+    response written in two parts waits for the client's delayed acknowledgement.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 class Service:
