@@ -9,7 +9,6 @@ reveal neither a prefix nor which entry matched. Logs carry the token's name, ne
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -101,23 +100,19 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def _authenticator(request: Request) -> Authenticator:
-    found: Any = request.app.state.authenticator
-    assert isinstance(found, Authenticator)
-    return found
-
-
 async def authorized(
     request: Request,
     required: SecurityScopes,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    authenticator: Annotated[Authenticator, Depends(_authenticator)],
-) -> AsyncIterator[ApiToken]:
+) -> ApiToken:
     """The caller's token, holding every scope the operation requires; 401 or 403 otherwise.
 
-    The token's name is bound to the request's log lines while the operation runs.
+    The token's name is bound to the rest of the request's log lines. Each request runs in
+    its own task, with its own copy of the context, so the binding ends with the request;
+    a plain dependency instead of a ``yield`` one spares FastAPI an exit stack per request.
     """
     route = getattr(request.scope.get("route"), "name", None)
+    authenticator: Authenticator = request.app.state.authenticator
     token = None if credentials is None else authenticator.verify(credentials.credentials)
     if token is None:
         presented = "authorization" in request.headers
@@ -144,8 +139,8 @@ async def authorized(
                 f"the token lacks the {scope!r} scope",
                 headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
             )
-    with structlog.contextvars.bound_contextvars(api_token=token.name):
-        yield token
+    structlog.contextvars.bind_contextvars(api_token=token.name)
+    return token
 
 
 def requires(scope: Scope) -> Any:

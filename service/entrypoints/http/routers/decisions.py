@@ -43,7 +43,7 @@ class _SubjectConvertor(Convertor[str]):
 register_url_convertor("subject", _SubjectConvertor())
 
 
-def _decisions(request: Request) -> DecisionService:
+async def _decisions(request: Request) -> DecisionService:
     found: Any = request.app.state.decisions
     assert isinstance(found, DecisionService)
     return found

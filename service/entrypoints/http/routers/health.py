@@ -12,7 +12,7 @@ from service.application.health import Readiness
 router = APIRouter(include_in_schema=False)
 
 
-def _readiness(request: Request) -> Readiness:
+async def _readiness(request: Request) -> Readiness:
     found: Any = request.app.state.readiness
     assert isinstance(found, Readiness)
     return found
