@@ -220,6 +220,18 @@ async def test_an_unreachable_store_answers_503(http: httpx.AsyncClient, store: 
     assert error_of(response) == (503, "unavailable", None)
 
 
+async def test_an_unexpected_failure_answers_500_with_the_error_shape(
+    app: Any, store: Store
+) -> None:
+    store.failure = RuntimeError("bug")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.get(
+            "/v1/subjects/u1/preferences", headers={"Authorization": f"Bearer {READ}"}
+        )
+    assert error_of(response) == (500, "internal_error", None)
+
+
 async def test_unknown_routes_and_methods_keep_the_error_shape(http: httpx.AsyncClient) -> None:
     assert error_of(await http.get("/v2/nothing")) == (404, "not_found", None)
     response = await http.put("/v1/check", json={})

@@ -2,8 +2,8 @@
 
 Clients branch on ``error`` and show ``detail``; a 422 names the offending input in
 ``field``, as the batch index path (``checks[3].channel``) where there is one. Framework
-errors (validation, unknown route or method, oversized body) are translated here too, so
-no answer ever has FastAPI's own ``{"detail": ...}`` shape.
+errors (validation, unknown route or method, oversized body) and unexpected ones are
+translated here too, so no answer has FastAPI's own ``{"detail": ...}`` shape or plain text.
 """
 
 from __future__ import annotations
@@ -136,7 +136,13 @@ async def _unavailable(_: Request, exc: Exception) -> Response:
     return error_response(503, "unavailable", "a dependency did not answer")
 
 
+async def _internal(_: Request, exc: Exception) -> Response:
+    # Starlette re-raises after this answer, so the server still logs the traceback.
+    return error_response(500, "internal_error", "the request could not be answered")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
