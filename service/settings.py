@@ -42,8 +42,10 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65_535)
-    # NAME:TOKEN:SCOPES[,...]; a secret, parsed by service.entrypoints.auth.
+    # NAME:TOKEN:SCOPES[,...]; a secret, parsed by service.entrypoints.http.security.
     api_tokens: SecretStr = SecretStr("")
+    # Larger request bodies are refused (413) before they are read into memory.
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1_024)
 
     # Read path: states copied from PostgreSQL into Redis on a miss expire, so ids that
     # were only ever asked about do not stay in Redis for good.

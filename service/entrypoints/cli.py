@@ -98,7 +98,7 @@ def check(
 ) -> None:
     """May TOPIC be sent to SUBJECT on CHANNEL? Prints the decision and its reason."""
     from service.client import OptoutClient, UnknownChannel, UnknownTopic
-    from service.entrypoints.api_models import DecisionOut
+    from service.entrypoints.http.models import DecisionOut
 
     async def ask() -> DecisionOut:
         async with await OptoutClient.connect(_settings(), local_cache=False) as client:

@@ -7,18 +7,42 @@ tests start and stop it in their own event loop.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+import signal
+import socket
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 
 import structlog
 import uvicorn
 
 from service.bootstrap import Container, build_container
-from service.entrypoints.auth import Authenticator, parse_tokens
-from service.entrypoints.http import build_http_app
+from service.entrypoints.http.app import build_http_app
+from service.entrypoints.http.security import Authenticator, parse_tokens
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind here rather than in uvicorn: a taken port raises ``OSError`` to the caller,
+    where uvicorn would call ``sys.exit`` inside a task and bring the event loop down.
+
+    The protocol must be ``IPPROTO_TCP`` (``socket.create_server`` leaves it 0): asyncio sets
+    ``TCP_NODELAY`` only on connections accepted from such a socket, and without it every
+    response written in two parts waits for the client's delayed acknowledgement.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 class Service:
@@ -28,6 +52,7 @@ class Service:
         self._stack = AsyncExitStack()
         self._server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._stop_requested = False
         self.container: Container | None = None
 
     async def __aenter__(self) -> Service:
@@ -38,21 +63,28 @@ class Service:
             auth = Authenticator(parse_tokens(self.settings.api_tokens.get_secret_value()))
             if not len(auth):
                 log.warning("api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401")
+            app = build_http_app(
+                self.container.readiness,
+                self.container.decisions,
+                auth,
+                max_body_bytes=self.settings.http_max_body_bytes,
+            )
             config = uvicorn.Config(
-                build_http_app(self.container.readiness, self.container.decisions, auth),
+                app,
                 host=self.settings.http_host,
                 port=self.settings.http_port,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
             )
-            config.load()
             self._server = uvicorn.Server(config)
-            # What Server.serve() does, minus its signal capture: the owner decides on signals.
-            self._server.lifespan = config.lifespan_class(config)
-            await self._server.startup()
-            self._http_task = asyncio.create_task(self._server.main_loop())
+            self._server.should_exit = self._stop_requested
+            listener = _listen(self.settings.http_host, self.settings.http_port)
+            # serve() closes the listener when it stops.
+            self._http_task = asyncio.create_task(self._server.serve(sockets=[listener]))
+            await self._until_serving()
         except BaseException:
+            await self._stop_http()
             await self._stack.aclose()
             raise
         log.info(
@@ -62,13 +94,29 @@ class Service:
         )
         return self
 
+    async def _until_serving(self) -> None:
+        assert self._server is not None
+        assert self._http_task is not None
+        while not self._server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.005)
+
     async def wait(self) -> None:
         assert self._http_task is not None
         await self._http_task
 
     def request_stop(self) -> None:
+        self._stop_requested = True
         if self._server is not None:
             self._server.should_exit = True
+
+    async def _stop_http(self) -> None:
+        self.request_stop()
+        if self._http_task is not None and not self._http_task.done():
+            with suppress(Exception):
+                await self._http_task
 
     async def __aexit__(
         self,
@@ -78,20 +126,30 @@ class Service:
     ) -> None:
         log.info("service_stopping")
         self.request_stop()
-        if self._http_task is not None:
-            await self._http_task
-        if self._server is not None:
-            await self._server.shutdown()
-        await self._stack.aclose()
+        try:
+            if self._http_task is not None:
+                await self._http_task
+        finally:
+            await self._stack.aclose()
         log.info("service_stopped")
 
 
 async def serve(settings: Settings, *, with_worker: bool) -> None:
-    """Run until SIGINT or SIGTERM, then stop consuming, finish the batch and close."""
-    import signal
+    """Run until SIGINT or SIGTERM, then stop consuming, finish the batch and close.
 
+    The handlers are installed before uvicorn starts: ``uvicorn.Server.serve`` replaces them
+    while it runs and, once stopped, restores them and re-raises the signal it caught. The
+    restored handler is then ours (stop, already requested) rather than the default one,
+    which would kill the process before the worker's exit stack unwinds.
+    """
     loop = asyncio.get_running_loop()
-    async with Service(settings, with_worker=with_worker) as service:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.request_stop)
-        await service.wait()
+    service = Service(settings, with_worker=with_worker)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, service.request_stop)
+    try:
+        async with service:
+            await service.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

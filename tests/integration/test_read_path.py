@@ -373,6 +373,11 @@ async def test_http_answers(
     assert response.status_code == 422
     assert (await http.get("/v1/subjects/%00/check?topic=reminders&channel=sms")).status_code == 200
 
+    too_many = {"checks": [{"subject_id": "a", "topic": "marketing", "channel": "sms"}] * 1_001}
+    response = await http.post("/v1/check", json=too_many)
+    assert response.status_code == 422
+    assert response.json()["field"] == "checks"
+
     schema = (await http.get("/openapi.json")).json()
     assert schema["openapi"].startswith("3.1")
     assert set(schema["paths"]) == {
@@ -380,6 +385,9 @@ async def test_http_answers(
         "/v1/subjects/{subject_id}/check",
         "/v1/check",
     }
+    check = schema["paths"]["/v1/subjects/{subject_id}/check"]["get"]
+    topic = next(p for p in check["parameters"] if p["name"] == "topic")
+    assert topic["schema"]["enum"] == sorted(DEFAULT_CATALOG.topics)
 
 
 # schemathesis's own strategies trip a Hypothesis deprecation warning; not ours to fix.

@@ -1,8 +1,7 @@
-"""Read-path pieces that need no service: tokens, the local cache, decoding, the OpenAPI doc."""
+"""Read-path pieces that need no service: tokens, the local cache, decoding."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import pytest
@@ -16,8 +15,7 @@ from service.domain.catalog import DEFAULT_CATALOG, UnknownTopic
 from service.domain.decision import is_allowed
 from service.domain.events import AppliedChange, PreferenceChanged
 from service.domain.model import Decision, Rule, SubjectKey, SubjectState
-from service.entrypoints.auth import Authenticator, parse_tokens
-from service.entrypoints.openapi import openapi_document
+from service.entrypoints.http.security import Authenticator, parse_tokens
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 KEY = SubjectKey("default", "u1")
@@ -174,20 +172,6 @@ def test_event_state_rebuilds_the_full_rule_set() -> None:
         preferences=rules,
     )
     assert event_state(event_json(event)) == state(4, *rules)
-
-
-# --- OpenAPI ------------------------------------------------------------------------------
-
-
-def test_openapi_lists_the_catalog_and_resolves_every_ref() -> None:
-    document = openapi_document(DEFAULT_CATALOG)
-    text = json.dumps(document)
-    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
-        assert ref in document["components"]["schemas"]
-    check = document["paths"]["/v1/subjects/{subject_id}/check"]["get"]
-    topic = next(p for p in check["parameters"] if p["name"] == "topic")
-    assert topic["schema"]["enum"] == sorted(DEFAULT_CATALOG.topics)
-    assert set(check["responses"]) == {"200", "401", "403", "422", "503"}
 
 
 # --- the follower's stall guard -----------------------------------------------------------

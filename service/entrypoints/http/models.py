@@ -1,9 +1,13 @@
-"""Bodies of the HTTP decision API; the OpenAPI document is generated from these models."""
+"""Bodies and query parameters of the HTTP decision API; the OpenAPI document comes from these.
+
+Topic and channel names are catalog configuration, not code, so their fields carry a marker
+(``CATALOG_ENUM``) instead of an enum; the app fills in the running catalog's names.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,17 +16,41 @@ from service.domain.model import Decision, Rule
 
 MAX_BATCH = 1_000
 
-SubjectId = Field(min_length=1, max_length=256, description="Opaque id of the person.")
-Tenant = Field(default="default", min_length=1, max_length=64)
-TopicName = Field(min_length=1, max_length=128, description="A catalog topic.")
-ChannelName = Field(
-    min_length=1, max_length=64, description="A catalog channel, or `*` for a data use."
-)
+# JSON Schema key whose value ("topics" or "channels") names the catalog list to enumerate.
+CATALOG_ENUM = "x-catalog-enum"
+
+SubjectId = Annotated[
+    str, Field(min_length=1, max_length=256, description="Opaque id of the person.")
+]
+Tenant = Annotated[str, Field(min_length=1, max_length=64)]
+TopicName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="A catalog topic.",
+        json_schema_extra={CATALOG_ENUM: "topics"},
+    ),
+]
+ChannelName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="A catalog channel, or `*` for a data use.",
+        json_schema_extra={CATALOG_ENUM: "channels"},
+    ),
+]
 
 
 class _Body(BaseModel):
     # Unknown fields are ignored, as on the Kafka contract, so clients can roll out first.
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Query(BaseModel):
+    # A misspelt `tenant` would otherwise silently answer for the default tenant.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RuleOut(_Body):
@@ -119,14 +147,21 @@ class PreferencesOut(_Body):
         )
 
 
-class SubjectIn(_Body):
-    subject_id: str = SubjectId
-    tenant: str = Tenant
+class PreferencesQuery(_Query):
+    tenant: Tenant = "default"
 
 
-class CheckIn(SubjectIn):
-    topic: str = TopicName
-    channel: str = ChannelName
+class CheckQuery(_Query):
+    topic: TopicName
+    channel: ChannelName
+    tenant: Tenant = "default"
+
+
+class CheckIn(_Body):
+    subject_id: SubjectId
+    tenant: Tenant = "default"
+    topic: TopicName
+    channel: ChannelName
 
 
 class CheckBatchIn(_Body):

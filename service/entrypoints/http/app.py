@@ -1,0 +1,73 @@
+"""The app factory: which routers a process serves, its limits, errors and OpenAPI document.
+
+Dependencies reach the routers through ``app.state`` (readiness, decisions, authenticator),
+so the routers are plain module-level objects and a test can build an app around fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+
+from service.application.decisions import DecisionService
+from service.application.health import Readiness
+from service.domain.catalog import Catalog
+from service.domain.model import WILDCARD
+from service.entrypoints.http.errors import install_error_handlers
+from service.entrypoints.http.limits import BodyLimit
+from service.entrypoints.http.models import CATALOG_ENUM
+from service.entrypoints.http.routers import decisions as decisions_router
+from service.entrypoints.http.routers import health
+from service.entrypoints.http.security import Authenticator
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def build_http_app(
+    readiness: Readiness,
+    decisions: DecisionService | None = None,
+    auth: Authenticator | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """Health endpoints always; the decision API and its document when ``decisions`` is given.
+
+    Without tokens every ``/v1`` call answers 401: an API left unconfigured stays closed.
+    """
+    app = FastAPI(
+        title="optout decision API",
+        version="1",
+        description="May this message be sent? Every answer carries its reason.",
+        openapi_url="/openapi.json" if decisions is not None else None,
+        docs_url=None,
+        redoc_url=None,
+        middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
+    )
+    app.state.readiness = readiness
+    app.state.max_body_bytes = max_body_bytes
+    install_error_handlers(app)
+    app.include_router(health.router)
+    if decisions is not None:
+        app.state.decisions = decisions
+        app.state.authenticator = auth or Authenticator([])
+        app.include_router(decisions_router.router)
+        # Generated once, here: FastAPI serves the cached document from then on.
+        _enumerate_catalog(app.openapi(), decisions.catalog)
+    return app
+
+
+def _enumerate_catalog(node: Any, catalog: Catalog) -> None:
+    """Replace every catalog marker with the names this deployment accepts."""
+    if isinstance(node, dict):
+        kind = node.pop(CATALOG_ENUM, None)
+        if kind == "topics":
+            node["enum"] = sorted(catalog.topics)
+        elif kind == "channels":
+            node["enum"] = [*sorted(catalog.channels), WILDCARD]
+        for value in node.values():
+            _enumerate_catalog(value, catalog)
+    elif isinstance(node, list):
+        for value in node:
+            _enumerate_catalog(value, catalog)

@@ -1,0 +1,1 @@
+"""One router per concern; ``app.build_http_app`` decides which ones a process serves."""
