@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.application.decisions import DecisionService, Question
-from service.application.health import Readiness
+from service.application.health import Liveness, Readiness
 from service.domain.catalog import CatalogLookupError, UnknownTopic
 from service.domain.model import SubjectKey
 from service.entrypoints.api_models import (
@@ -132,10 +132,13 @@ def build_http_app(
     readiness: Readiness,
     decisions: DecisionService | None = None,
     auth: Authenticator | None = None,
+    liveness: Liveness | None = None,
 ) -> Starlette:
     """Health endpoints always; the decision API when a ``DecisionService`` is given."""
 
     async def healthz(_: Request) -> JSONResponse:
+        if liveness is not None and not liveness.alive:
+            return JSONResponse({"status": "failing", "reason": liveness.failure}, 503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> JSONResponse:

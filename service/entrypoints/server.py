@@ -39,7 +39,12 @@ class Service:
             if not len(auth):
                 log.warning("api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401")
             config = uvicorn.Config(
-                build_http_app(self.container.readiness, self.container.decisions, auth),
+                build_http_app(
+                    self.container.readiness,
+                    self.container.decisions,
+                    auth,
+                    liveness=self.container.liveness,
+                ),
                 host=self.settings.http_host,
                 port=self.settings.http_port,
                 log_config=None,
