@@ -7,7 +7,7 @@ own read-path connections (``service.client``) so that a sender never loads the 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
@@ -20,6 +20,7 @@ from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.consumer import WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.producer import KafkaOutput
+from service.adapters.kafka.sizes import read_size_limits
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
@@ -28,7 +29,8 @@ from service.adapters.read_path import build_decisions
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis, eviction_problem
 from service.application.decisions import DecisionService
-from service.application.health import Readiness
+from service.application.health import Liveness, Readiness
+from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
 from service.domain.catalog import Catalog
 from service.settings import Settings
@@ -54,7 +56,9 @@ class Container:
     redis: Redis
     readiness: Readiness
     decisions: DecisionService
+    liveness: Liveness = field(default_factory=Liveness)
     worker_state: WorkerState | None = None
+    output: KafkaOutput | None = None
 
 
 def decisions_for(
@@ -123,7 +127,9 @@ async def _start_worker(
     await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
     broker = build_broker(settings.kafka_bootstrap)
     state = WorkerState()
-    output = KafkaOutput(settings.kafka_bootstrap)
+    limits = await read_size_limits(settings.kafka_bootstrap, settings.topic_dlq)
+    output = KafkaOutput(settings.kafka_bootstrap, limits, container.liveness)
+    container.output = output
     await output.start()
     # The exit stack unwinds in reverse: the consumer stops before its producer closes.
     stack.push_async_callback(output.stop)
@@ -134,7 +140,7 @@ async def _start_worker(
         dlq=settings.topic_dlq,
     )
     pool = container.pool
-    process = ProcessCommands(
+    commands = ProcessCommands(
         lambda: PostgresCommandUnitOfWork(pool),
         RedisStateCache(container.redis, settings.redis_prefix, settings.cache_ttl_seconds),
         publisher,
@@ -143,6 +149,7 @@ async def _start_worker(
         max_future=timedelta(seconds=settings.max_future_seconds),
         max_lanes=settings.worker_lanes,
     )
+    process = IsolatingProcessor(commands, publisher, max_record_bytes=settings.max_record_bytes)
     register_worker(
         broker,
         topic=settings.topic_commands,
@@ -158,8 +165,9 @@ async def _start_worker(
         return None if await broker.ping(timeout=2.0) else "broker unreachable"
 
     async def consumer_probe() -> str | None:
-        if state.failing:
-            return f"batch retrying: {state.failing}"
+        failure = state.failure()
+        if failure is not None:
+            return failure
         return None if state.assigned else "no partitions assigned"
 
     container.readiness.add("kafka", kafka_probe)

@@ -3,15 +3,21 @@
 Every writer (the worker after a commit, a reader filling a miss from PostgreSQL) goes
 through the same Lua script: it stores the state only if its version is higher than the one
 cached, so a slow writer holding an older state can never overwrite a newer one.
+
+Redis failures leave translated: the server or the link failing (connection, timeout,
+loading, out of memory, read-only replica, cluster down) is `DependencyUnavailable`; any
+other answer is a refusal of what was sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from service.adapters.state_codec import encode_state
+from service.application.errors import DependencyUnavailable, Refused
 from service.domain.model import SubjectKey, SubjectState
 
 # KEYS = subject keys; ARGV = a version, an encoded state and a ttl in seconds (0 = none,
@@ -69,5 +75,32 @@ class RedisStateCache:
         for state in states:
             ttl = self._ttl if state.version else self._unknown_ttl
             args.extend((state.version, encode_state(state), ttl))
-        written = await self._cas(keys=[self.key(s.key) for s in states], args=args)
+        try:
+            written = await self._cas(keys=[self.key(s.key) for s in states], args=args)
+        except Exception as exc:
+            translated = translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         return int(written)
+
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.NoPermissionError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    OSError,
+    TimeoutError,
+)
+
+
+def translate(exc: Exception) -> Exception:
+    if isinstance(exc, _UNAVAILABLE):
+        return DependencyUnavailable("redis", type(exc).__name__)
+    if isinstance(exc, redis_errors.RedisError):
+        return Refused(f"refused by Redis ({type(exc).__name__})")
+    return exc

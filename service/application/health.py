@@ -33,3 +33,25 @@ class Readiness:
         names = list(self.probes)
         results = await asyncio.gather(*(run(self.probes[n]) for n in names))
         return dict(zip(names, results, strict=True))
+
+
+@dataclass
+class Liveness:
+    """Whether the process can still do its job; `/healthz` fails when it cannot.
+
+    Readiness covers what recovers on its own (a dependency down, a batch retrying); liveness
+    fails only for a broken part the process could not rebuild (the output producer could
+    not be recreated), so the orchestrator restarts the process instead of waiting forever.
+    """
+
+    failure: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+
+    def recover(self) -> None:
+        self.failure = None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import structlog
@@ -33,7 +33,7 @@ from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import encode_events, outcome_json
 from service.domain.apply import BatchResult, apply_batch
 from service.domain.catalog import Catalog
-from service.domain.commands import Delivery, Malformed, Received
+from service.domain.commands import Delivery, Malformed, Received, content_hash
 from service.domain.events import Outcome
 
 log = structlog.get_logger(__name__)
@@ -95,6 +95,27 @@ def encode_outputs(result: BatchResult, loaded: Loaded) -> _Outputs:
     return _Outputs(ToSave(result, new_events, processed_outcomes), events, outcomes)
 
 
+def as_refused(
+    decoded: Received | Malformed | DeadLetter, failure: str
+) -> Received | Malformed | DeadLetter:
+    """A record a dependency refuses, answered like an invalid one: `rejected` when it has a
+    readable command id (stored in the processed log like any answer, so a redelivery
+    replays it), else the DLQ with the failure as `x-error`."""
+    if isinstance(decoded, Received):
+        command = decoded.command
+        return Malformed(
+            command_id=command.command_id,
+            subject_id=command.subject_id,
+            tenant=command.tenant,
+            detail=failure,
+            delivery=decoded.delivery,
+            content_hash=content_hash(command),
+        )
+    if isinstance(decoded, Malformed):
+        return replace(decoded, detail=failure)
+    return DeadLetter(failure)
+
+
 class ProcessCommands:
     """Processes a batch in lanes, partitions spread over them, the lanes side by side.
 
@@ -128,13 +149,20 @@ class ProcessCommands:
         self._max_future = max_future
         self._max_lanes = max_lanes
 
-    async def __call__(self, records: Sequence[RawRecord]) -> None:
+    async def __call__(
+        self, records: Sequence[RawRecord], refused: Mapping[Delivery, str] | None = None
+    ) -> None:
+        """Process `records`; those whose delivery is in `refused` are answered `rejected`
+        (`invalid_payload`, the given detail) without being applied: the isolation policy
+        (``isolation.py``) found that a dependency refuses them."""
+        if not records:
+            return
         started = time.perf_counter()
         lanes: dict[int, list[RawRecord]] = defaultdict(list)
         for record in records:
             lanes[record.partition % self._max_lanes].append(record)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._lane(lane)) for lane in lanes.values()]
+            tasks = [group.create_task(self._lane(lane, refused or {})) for lane in lanes.values()]
         reports = [t.result() for t in tasks]
         statuses: Counter[str] = sum((r.statuses for r in reports), Counter())
         log.info(
@@ -152,16 +180,15 @@ class ProcessCommands:
         )
 
     def _decode(
-        self, records: Sequence[RawRecord]
+        self, records: Sequence[RawRecord], refused: Mapping[Delivery, str]
     ) -> tuple[list[Received | Malformed], list[DeadLetterRecord]]:
         commands: list[Received | Malformed] = []
         dead: list[DeadLetterRecord] = []
         for record in records:
-            decoded = decode_command(
-                record.value,
-                Delivery(record.topic, record.partition, record.offset),
-                max_bytes=self._max_record_bytes,
-            )
+            delivery = Delivery(record.topic, record.partition, record.offset)
+            decoded = decode_command(record.value, delivery, max_bytes=self._max_record_bytes)
+            if refused and delivery in refused:
+                decoded = as_refused(decoded, refused[delivery])
             if isinstance(decoded, DeadLetter):
                 dead.append(DeadLetterRecord(record, decoded.error))
             else:
@@ -194,9 +221,11 @@ class ProcessCommands:
             await uow.save(outputs.to_save)
         return outputs
 
-    async def _lane(self, records: Sequence[RawRecord]) -> _LaneReport:
+    async def _lane(
+        self, records: Sequence[RawRecord], refused: Mapping[Delivery, str]
+    ) -> _LaneReport:
         started = time.perf_counter()
-        commands, dead = self._decode(records)
+        commands, dead = self._decode(records, refused)
         decoded_at = time.perf_counter()
         if commands:
             outputs = await self._decide_and_store(commands)

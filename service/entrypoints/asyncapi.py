@@ -25,7 +25,10 @@ def asyncapi_document() -> str:
     @broker.subscriber(
         settings.topic_commands,
         title="command",
-        description="Opt-out and opt-in commands from every channel, keyed by subject_id.",
+        description=(
+            "Opt-out and opt-in commands from every channel, keyed by subject_id. "
+            "Record headers are never interpreted."
+        ),
     )
     async def commands(body: CommandV1) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -33,7 +36,10 @@ def asyncapi_document() -> str:
     broker.publisher(
         settings.topic_preferences,
         title="preference-changed",
-        description="One event per applied command, keyed by subject_id; compacted.",
+        description=(
+            "One event per applied command, keyed by {tenant}:{subject_id}; compacted. "
+            "Acknowledged by Kafka before the command's outcome is sent."
+        ),
         schema=PreferenceChangedV1,
     )
     broker.publisher(
@@ -45,7 +51,12 @@ def asyncapi_document() -> str:
     broker.publisher(
         settings.topic_dlq,
         title="dead-letter",
-        description="Undecodable command records, original bytes, with x-error headers.",
+        description=(
+            "Command records that could not be decoded (or that a dependency refuses and "
+            "that have no readable command_id): original key and bytes, headers x-error, "
+            "x-original-topic, x-original-partition, x-original-offset; a value too large "
+            "for the topic is cut to fit, with x-original-size and x-truncated: true."
+        ),
     )
     spec = AsyncAPI(
         broker,

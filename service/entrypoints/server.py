@@ -68,6 +68,7 @@ class Service:
                 self.container.decisions,
                 auth,
                 max_body_bytes=self.settings.http_max_body_bytes,
+                liveness=self.container.liveness,
             )
             config = uvicorn.Config(
                 app,

@@ -113,15 +113,19 @@ class ContractClient:
 
     def _on_event(self, r: Any) -> None:
         doc = json.loads(r.value)
-        assert r.key == doc["subject_id"].encode()
+        assert r.key == f"{doc['tenant']}:{doc['subject_id']}".encode()
         self.events[doc["subject_id"]].append(doc)
 
     def _on_dead(self, r: Any) -> None:
         self.dead_letters.append((r.key, r.value, {k: v for k, v in r.headers}))
 
     async def send(
-        self, doc: dict[str, Any] | bytes | None, key: str | bytes | None = None
-    ) -> None:
+        self,
+        doc: dict[str, Any] | bytes | None,
+        key: str | bytes | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> Any:
+        """Produce one record to the commands topic; returns its metadata (partition, offset)."""
         assert self._producer is not None
         if isinstance(doc, dict):
             value: bytes | None = json.dumps(doc).encode()
@@ -129,7 +133,9 @@ class ContractClient:
         else:
             value = doc
         raw_key = key.encode() if isinstance(key, str) else key
-        await self._producer.send_and_wait(self.settings.topic_commands, value, key=raw_key)
+        return await self._producer.send_and_wait(
+            self.settings.topic_commands, value, key=raw_key, headers=headers
+        )
 
     async def wait_for(self, predicate: Any, within_s: float = 30.0) -> None:
         async def until() -> None:

@@ -16,6 +16,7 @@ from typing import Any, Self
 import orjson
 import pytest
 
+from service.application.errors import DependencyUnavailable, Refused
 from service.application.ports import (
     DeadLetterRecord,
     EventMessage,
@@ -43,6 +44,10 @@ class FakeDatabase:
     events: dict[CommandKey, list[EventMessage]] = field(default_factory=dict)
     commits: int = 0
     fail_save: bool = False
+    # Subjects whose changes the store refuses, as PostgreSQL refuses a value it cannot keep.
+    refuse_subjects: frozenset[str] = frozenset()
+    # Command ids whose processed-log entry the store refuses.
+    refuse_command_ids: frozenset[str] = frozenset()
 
 
 class FakeUnitOfWork:
@@ -58,6 +63,8 @@ class FakeUnitOfWork:
             {k: list(v) for k, v in db.events.items()},
             db.commits,
             db.fail_save,
+            db.refuse_subjects,
+            db.refuse_command_ids,
         )
 
     async def __aenter__(self) -> Self:
@@ -91,8 +98,12 @@ class FakeUnitOfWork:
 
     async def save(self, batch: ToSave) -> None:
         if self._work.fail_save:
-            raise ConnectionError("database went away")
+            raise DependencyUnavailable("postgresql", "ConnectionRefusedError")
         work = self._work
+        if any(key.subject_id in work.refuse_subjects for key in batch.result.changed) or any(
+            p.command_id in work.refuse_command_ids for p in batch.result.processed
+        ):
+            raise Refused("refused by PostgreSQL (SQLSTATE 22P05)")
         work.states.update(batch.result.changed)
         for entry, payload in zip(batch.result.processed, batch.processed_outcomes, strict=True):
             work.processed[entry.key] = entry
@@ -119,6 +130,7 @@ class FakePublisher:
     outcomes: list[OutcomeMessage] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     fail: bool = False
+    calls: int = 0
 
     async def publish(
         self,
@@ -126,8 +138,9 @@ class FakePublisher:
         outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
     ) -> None:
+        self.calls += 1
         if self.fail:
-            raise ConnectionError("broker went away")
+            raise DependencyUnavailable("kafka", "KafkaConnectionError")
         self.events.extend(events)
         self.outcomes.extend(outcomes)
         self.dead_letters.extend(dead_letters)

@@ -6,22 +6,35 @@ processor returned, that is after PostgreSQL, Redis and Kafka publication all su
 The handler never raises: a failing dependency is retried with capped backoff while the
 offsets stay uncommitted, because faststream would otherwise move on to the next batch and
 a later commit would skip the failed one.
+
+Nothing of a record is interpreted before the processor sees it: faststream's batch parser
+decodes every header as UTF-8, and one binary or null header value made it raise before the
+handler ran, the batch vanishing while the next batch's commit moved past it. The parser
+here hands the records over untouched, and the gap check (``offsets.py``) makes sure no
+batch can vanish that way again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
+from service.adapters.kafka.offsets import GapCheck, Partition
+from service.application.errors import DependencyUnavailable, leaf_failures
 from service.application.records import RawRecord
 
 log = structlog.get_logger(__name__)
@@ -35,10 +48,19 @@ class WorkerState:
 
     assigned: set[tuple[str, int]] = field(default_factory=set)
     failing: str | None = None
+    failing_since: float | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    gaps: GapCheck = field(default_factory=GapCheck)
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def failure(self) -> str | None:
+        """The readiness reason while a batch is retried: what fails, and since when."""
+        if self.failing is None:
+            return None
+        since = datetime.fromtimestamp(self.failing_since or time.time(), UTC)
+        return f"batch retrying since {since.isoformat(timespec='seconds')}: {self.failing}"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -54,10 +76,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         except TimeoutError:
             log.warning("rebalance_abandons_batch", partitions=len(revoked))
         self._state.assigned.difference_update((tp.topic, tp.partition) for tp in revoked)
+        self._state.gaps.forget((tp.topic, tp.partition) for tp in revoked)
         log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._state.assigned.update((tp.topic, tp.partition) for tp in assigned)
+        self._state.gaps.forget((tp.topic, tp.partition) for tp in assigned)
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
@@ -66,12 +90,99 @@ def _no_decode(_: Any) -> None:
     return None
 
 
+def raw_batch_parser(
+    consumer_of: Callable[[], Any],
+) -> Callable[[tuple[ConsumerRecord, ...]], Awaitable[KafkaAckableMessage]]:
+    """faststream's message for a batch, built without reading a single header or value.
+
+    Replaces ``AioKafkaBatchParser.parse_batch``, which decodes every header value as UTF-8
+    (and fails on binary or null values) to offer headers, reply-to and correlation ids
+    this service never uses.
+    """
+
+    async def parse(records: tuple[ConsumerRecord, ...]) -> KafkaAckableMessage:
+        first, last = records[0], records[-1]
+        message_id = f"{first.topic}-{first.partition}-{first.offset}-{last.offset}"
+        return KafkaAckableMessage(
+            raw_message=records,
+            body=[],
+            message_id=message_id,
+            correlation_id=message_id,
+            consumer=consumer_of() or FAKE_CONSUMER,
+        )
+
+    return parse
+
+
 def next_offsets(records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
     offsets: dict[TopicPartition, int] = {}
     for r in records:
         tp = TopicPartition(r.topic, r.partition)
         offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
     return offsets
+
+
+def first_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    firsts: dict[Partition, int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        if key not in firsts or r.offset < firsts[key]:
+            firsts[key] = r.offset
+    return firsts
+
+
+async def _starting_offset(consumer: Any, tp: TopicPartition) -> int | None:
+    """Where a newly assigned partition's records must start: its committed offset, or the
+    log start when the group never committed (``auto_offset_reset=earliest``). Asked once
+    per assignment, not per batch."""
+    try:
+        committed = await consumer.committed(tp)
+        if committed is not None:
+            return int(committed)
+        beginning = await consumer.beginning_offsets([tp])
+        return int(beginning[tp])
+    except Exception as exc:
+        # Not knowing must not stall the partition: the batch is taken as it comes.
+        log.warning("starting_offset_unknown", partition=tp.partition, error=type(exc).__name__)
+        return None
+
+
+async def _hold_gaps(
+    consumer: Any, state: WorkerState, records: Sequence[RawRecord]
+) -> set[Partition]:
+    """The partitions of this batch that must not be processed now (sought back instead)."""
+    held: set[Partition] = set()
+    for partition, first in first_offsets(records).items():
+        tp = TopicPartition(*partition)
+        if not state.gaps.knows(partition):
+            start = await _starting_offset(consumer, tp)
+            if start is not None:
+                state.gaps.expected[partition] = start
+        verdict = state.gaps.judge(partition, first)
+        if verdict == "in_order":
+            continue
+        expected = state.gaps.expected[partition]
+        if verdict == "accept_gap":
+            log.info(
+                "offset_gap_accepted",
+                code="OFFSET_GAP_ACCEPTED",
+                topic=tp.topic,
+                partition=tp.partition,
+                expected=expected,
+                first=first,
+            )
+            continue
+        log.warning(
+            "offset_gap",
+            code="OFFSET_GAP_SEEK_BACK",
+            topic=tp.topic,
+            partition=tp.partition,
+            expected=expected,
+            first=first,
+        )
+        consumer.seek(tp, expected)
+        held.add(partition)
+    return held
 
 
 def register_worker(
@@ -85,6 +196,11 @@ def register_worker(
     state: WorkerState,
     backoff_max_seconds: float,
 ) -> Any:
+    subscriber_ref: list[Any] = []
+
+    def consumer_of() -> Any:
+        return subscriber_ref[0].consumer if subscriber_ref else None
+
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
@@ -94,11 +210,13 @@ def register_worker(
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         listener=_Rebalance(state, grace_seconds=30.0),
+        parser=raw_batch_parser(consumer_of),
         decoder=_no_decode,
         max_poll_interval_ms=600_000,
         title="optout-worker",
         description="Opt-out and opt-in commands from every channel (contract v1).",
     )
+    subscriber_ref.append(subscriber)
 
     async def on_batch(message: KafkaMessage) -> None:
         records = [
@@ -107,11 +225,26 @@ def register_worker(
         ]
         if not records:
             return
+        consumer: Any = message.consumer
         state.idle.clear()
         try:
+            # Where each partition stands after this batch: known locally, no round trip.
+            positions: dict[Partition, int] = {}
+            for partition in first_offsets(records):
+                # A partition no longer ours is left out: its next owner processes it.
+                with contextlib.suppress(IllegalStateError):
+                    positions[partition] = await consumer.position(TopicPartition(*partition))
+            records = [r for r in records if (r.topic, r.partition) in positions]
+            held = await _hold_gaps(consumer, state, records)
+            if held:
+                records = [r for r in records if (r.topic, r.partition) not in held]
+            if not records:
+                return
             if not await _process_until_done(records, process, state, backoff_max_seconds):
                 return
-            consumer: Any = message.consumer
+            for partition, position in positions.items():
+                if partition not in held:
+                    state.gaps.processed(partition, position)
             await consumer.commit(next_offsets(records))
         except Exception as exc:
             log.warning("offset_commit_failed", error=type(exc).__name__, records=len(records))
@@ -136,9 +269,10 @@ async def _process_until_done(
 
     def failed(attempt: RetryCallState) -> None:
         assert attempt.outcome is not None
-        reason = _describe(attempt.outcome.exception())
+        reason = describe(attempt.outcome.exception())
         if state.failing is None:
             log.error("batch_failed_retrying", error=reason, records=len(records))
+            state.failing_since = time.time()
         state.failing = reason
 
     retrying = AsyncRetrying(
@@ -156,12 +290,16 @@ async def _process_until_done(
     if state.failing is not None:
         log.info("batch_recovered")
     state.failing = None
+    state.failing_since = None
     return True
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe(exc: BaseException | None) -> str:
     """Name the failure without its message: driver messages can quote row values (PII)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    code = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__} (sqlstate {code})" if code else type(exc).__name__
+    if exc is None:
+        return "unknown"
+    leaf = leaf_failures(exc)[0]
+    if isinstance(leaf, DependencyUnavailable):
+        return f"{leaf.dependency} unavailable ({leaf.cause})"
+    code = getattr(leaf, "sqlstate", None)
+    return f"{type(leaf).__name__} (sqlstate {code})" if code else type(leaf).__name__

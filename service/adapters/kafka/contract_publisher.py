@@ -1,4 +1,13 @@
-"""Maps the pipeline's outputs to contract v1 records: events, outcomes, dead letters."""
+"""Maps the pipeline's outputs to contract v1 records: events, outcomes, dead letters.
+
+Events are sent and acknowledged before any outcome is sent: an `applied` outcome promises
+that its event is already in Kafka (no stale allow for a sender following the events), so
+the outcomes wait for that acknowledgement. Dead letters need no event and travel with the
+first wave. A batch without events (all rejected, unchanged or duplicate) is one wave.
+
+A dead letter too large for the DLQ topic is cut to fit (``sizes.py``): sending it whole
+would be refused, and the record would never leave its partition.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,12 @@ from service.adapters.kafka.producer import KafkaOutput, OutgoingRecord
 from service.application.ports import DeadLetterRecord, EventMessage, OutcomeMessage
 
 _JSON = (("content-type", b"application/json"),)
+
+
+def event_key(tenant: str, subject_id: str) -> bytes:
+    """`{tenant}:{subject_id}`: tenants cannot contain `:`, so the key is unambiguous and two
+    tenants sharing a subject id never share a compaction key."""
+    return f"{tenant}:{subject_id}".encode()
 
 
 class ContractPublisher:
@@ -23,21 +38,29 @@ class ContractPublisher:
         outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
     ) -> None:
-        records = [
+        first = [
             *(
-                OutgoingRecord(self._preferences, e.subject_id.encode(), e.payload, _JSON)
+                OutgoingRecord(
+                    self._preferences, event_key(e.tenant, e.subject_id), e.payload, _JSON
+                )
                 for e in events
             ),
             *(
-                OutgoingRecord(self._outcomes, o.command_id.encode(), o.payload, _JSON)
-                for o in outcomes
-            ),
-            *(
-                OutgoingRecord(self._dlq, d.record.key, d.record.value or b"", _dlq_headers(d))
+                self._output.fit_dead_letter(
+                    OutgoingRecord(self._dlq, d.record.key, d.record.value or b"", _dlq_headers(d))
+                )
                 for d in dead_letters
             ),
         ]
-        await self._output.send_all(records)
+        answers = [
+            OutgoingRecord(self._outcomes, o.command_id.encode(), o.payload, _JSON)
+            for o in outcomes
+        ]
+        if events:
+            await self._output.send_all(first)
+            await self._output.send_all(answers)
+        else:
+            await self._output.send_all([*first, *answers])
 
 
 def _dlq_headers(dead: DeadLetterRecord) -> tuple[tuple[str, bytes], ...]:

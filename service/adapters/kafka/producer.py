@@ -1,42 +1,107 @@
-"""The output producer: ``acks=all``, idempotent, every record keyed, acks gathered.
+"""The output producer: ``acks=all``, idempotent, compressed, every record keyed, acks gathered.
 
 aiokafka defaults to ``acks=1`` without idempotence; an event that a leader acknowledged and
 then lost would leave a sender sending. Records are handed to aiokafka one by one (each keeps
 its own key, so per-subject order holds; ``send_batch`` would put a whole batch on one
 partition) without waiting, and the acknowledgements are awaited together: one flush per
-batch, not one round trip per record. faststream's per-record publish path (correlation id,
+wave, not one round trip per record. faststream's per-record publish path (correlation id,
 middlewares) cost as much CPU as aiokafka itself, so the worker sends through aiokafka
 directly; faststream still owns the consumer and documents the topics.
+
+zstd compression (through cramjam) makes batches smaller on the wire and on disk, and lets a
+large but compressible dead letter fit the broker's limit (``sizes.py``).
+
+Recovery: aiokafka's producer does all its sending in one background task. If that task
+dies (or is cancelled), every later send fails or never completes, and nothing in aiokafka
+recreates it. So before each send the task is checked, acknowledgements are awaited
+together with it, and a producer found broken (task ended, closed, or an error aiokafka
+treats as fatal for an idempotent producer) is replaced by a new one on the next send. If
+the replacement cannot be started, liveness fails, so the orchestrator restarts the process;
+a later successful replacement makes it live again.
+
+Failures leave translated: a record Kafka refuses (too large, corrupt) is `Refused`,
+anything else from Kafka is `DependencyUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
+from aiokafka.codec import zstd_encode
+
+from service.adapters.kafka.outgoing import OutgoingRecord
+from service.adapters.kafka.sizes import SizeLimits, fit_dead_letter
+from service.application.errors import DependencyUnavailable, Refused
+from service.application.health import Liveness
+
+__all__ = ["KafkaOutput", "OutgoingRecord"]
+
+log = structlog.get_logger(__name__)
+
+DEPENDENCY = "kafka"
+_BATCH_BYTES = 256 * 1024
+_STOP_SECONDS = 5.0
+
+# The broker refused the records themselves: no retry can make them acceptable.
+_REFUSALS = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTimestampError,
+    kafka_errors.UnsupportedForMessageFormatError,
+)
+# An idempotent producer cannot go on after these: its sequence numbers or epoch are lost.
+_FATAL = (
+    kafka_errors.ProducerClosed,
+    kafka_errors.ProducerFenced,
+    kafka_errors.OutOfOrderSequenceNumber,
+    kafka_errors.UnknownProducerId,
+    kafka_errors.InvalidProducerEpoch,
+    kafka_errors.InvalidProducerIdMapping,
+    kafka_errors.IllegalStateError,
+)
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingRecord:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
+class ProducerBroken(Exception):
+    """The producer's background sender ended while acknowledgements were awaited."""
 
 
 class KafkaOutput:
-    def __init__(self, bootstrap: str, client_id: str = "optout-output") -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
+    def __init__(
+        self,
+        bootstrap: str,
+        limits: SizeLimits | None = None,
+        liveness: Liveness | None = None,
+        client_id: str = "optout-output",
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self.limits = limits or SizeLimits()
+        self._liveness = liveness or Liveness()
+        self._producer = self._build()
+        self._marked_broken: AIOKafkaProducer | None = None
+        self._recreating = asyncio.Lock()
+        self.recreated = 0
+
+    def _build(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
             request_timeout_ms=10_000,
-            max_batch_size=256 * 1024,
+            compression_type="zstd",
+            max_request_size=self.limits.record_bytes,
+            # A batch never exceeds the smallest limit, whatever goes into it.
+            max_batch_size=min(_BATCH_BYTES, self.limits.dead_letter_bytes // 2),
         )
 
     async def start(self) -> None:
@@ -45,12 +110,94 @@ class KafkaOutput:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    def fit_dead_letter(self, record: OutgoingRecord) -> OutgoingRecord:
+        return fit_dead_letter(record, self.limits, zstd_encode)
+
+    @staticmethod
+    def _sender_task(producer: AIOKafkaProducer) -> asyncio.Task[None] | None:
+        # aiokafka keeps its background sender private; it is the one thing to watch.
+        sender: Any = getattr(producer, "_sender", None)
+        task: asyncio.Task[None] | None = getattr(sender, "sender_task", None)
+        return task
+
+    def _is_broken(self, producer: AIOKafkaProducer) -> bool:
+        task = self._sender_task(producer)
+        return (
+            producer is self._marked_broken or task is None or task.done() or bool(producer._closed)
+        )
+
+    async def _usable(self) -> AIOKafkaProducer:
+        if not self._is_broken(self._producer):
+            return self._producer
+        async with self._recreating:  # lanes send side by side: one replacement for all
+            if not self._is_broken(self._producer):
+                return self._producer
+            return await self._replace()
+
+    async def _replace(self) -> AIOKafkaProducer:
+        old = self._producer
+        log.warning("kafka_producer_recreating")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), _STOP_SECONDS)
+        fresh: AIOKafkaProducer | None = None
+        try:
+            fresh = self._build()
+            await fresh.start()
+        except Exception as exc:
+            if fresh is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fresh.stop(), _STOP_SECONDS)
+            self._liveness.fail(f"kafka producer could not be recreated ({type(exc).__name__})")
+            log.error("kafka_producer_recreation_failed", error=type(exc).__name__)
+            raise DependencyUnavailable(DEPENDENCY, type(exc).__name__) from exc
+        self._producer = fresh
+        self.recreated += 1
+        self._liveness.recover()
+        log.info("kafka_producer_recreated", times=self.recreated)
+        return fresh
+
     async def send_all(self, records: Sequence[OutgoingRecord]) -> None:
         """Return once the broker acknowledged every record; raise if any failed."""
-        pending: list[asyncio.Future[Any]] = []
-        for r in records:
-            pending.append(
-                await self._producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-            )
-        if pending:
-            await asyncio.gather(*pending)
+        if not records:
+            return
+        producer = await self._usable()
+        try:
+            pending: list[asyncio.Future[Any]] = []
+            for r in records:
+                pending.append(
+                    await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+                )
+            await self._acknowledged(producer, pending)
+        except Exception as exc:
+            translated = self._translate(producer, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def _acknowledged(
+        self, producer: AIOKafkaProducer, pending: list[asyncio.Future[Any]]
+    ) -> None:
+        """Every acknowledgement, unless the sender task ends first (then none will come)."""
+        acks = asyncio.gather(*pending)
+        sender = self._sender_task(producer)
+        if sender is None:
+            raise ProducerBroken
+        waited: set[asyncio.Future[Any]] = {acks, sender}
+        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        if acks not in done:
+            acks.cancel()
+            with contextlib.suppress(BaseException):
+                await acks
+            raise ProducerBroken
+        acks.result()
+
+    def _translate(self, producer: AIOKafkaProducer, exc: Exception) -> Exception:
+        if isinstance(exc, _REFUSALS):
+            return Refused(f"refused by Kafka ({type(exc).__name__})")
+        if isinstance(exc, (ProducerBroken, *_FATAL)) or self._is_broken(producer):
+            self._marked_broken = producer
+            log.error("kafka_producer_broken", error=type(exc).__name__)
+            return DependencyUnavailable(DEPENDENCY, type(exc).__name__)
+        if isinstance(exc, kafka_errors.KafkaError | OSError | TimeoutError):
+            return DependencyUnavailable(DEPENDENCY, type(exc).__name__)
+        return exc

@@ -3,6 +3,8 @@
 It only loads and saves. `load` creates and locks the touched subjects and reads their
 rules and the processed-command log; `save` writes rules, versions, consent history, events
 and the log in one statement. Deciding is the use case's job, encoding the contract's.
+Driver exceptions leave it translated (``errors.py``): the use case's caller decides between
+retrying and isolating a record without knowing asyncpg.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncpg
 import orjson
 
 from service.adapters.postgres import queries
+from service.adapters.postgres.errors import postgres_errors
 from service.adapters.postgres.pool import Connection
 from service.adapters.postgres.rows import states_from_rows
 from service.application.ports import EventMessage, Loaded, StoredAnswer, ToSave
@@ -32,13 +35,14 @@ class PostgresCommandUnitOfWork:
         self._transaction: Any = None
 
     async def __aenter__(self) -> Self:
-        self._conn = await self._pool.acquire()
-        self._transaction = self._conn.transaction()
-        try:
-            await self._transaction.start()
-        except BaseException:
-            await self._pool.release(self._conn)
-            raise
+        with postgres_errors():
+            self._conn = await self._pool.acquire()
+            self._transaction = self._conn.transaction()
+            try:
+                await self._transaction.start()
+            except BaseException:
+                await self._pool.release(self._conn)
+                raise
         return self
 
     async def __aexit__(
@@ -49,10 +53,11 @@ class PostgresCommandUnitOfWork:
     ) -> None:
         assert self._conn is not None
         try:
-            if exc_type is None:
-                await self._transaction.commit()
-            else:
-                await self._transaction.rollback()
+            with postgres_errors():
+                if exc_type is None:
+                    await self._transaction.commit()
+                else:
+                    await self._transaction.rollback()
         finally:
             await self._pool.release(self._conn)
             self._conn = None
@@ -64,6 +69,15 @@ class PostgresCommandUnitOfWork:
         return conn
 
     async def load(
+        self,
+        keys: Sequence[SubjectKey],
+        commands: Sequence[CommandKey],
+        deliveries: set[Delivery],
+    ) -> Loaded:
+        with postgres_errors():
+            return await self._load(keys, commands, deliveries)
+
+    async def _load(
         self,
         keys: Sequence[SubjectKey],
         commands: Sequence[CommandKey],
@@ -120,6 +134,10 @@ class PostgresCommandUnitOfWork:
         return processed, answers
 
     async def save(self, batch: ToSave) -> None:
+        with postgres_errors():
+            await self._save(batch)
+
+    async def _save(self, batch: ToSave) -> None:
         result = batch.result
         if not (result.changed or result.processed):
             return

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service.application.decisions import DecisionService
-from service.application.health import Readiness
+from service.application.health import Liveness, Readiness
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD
 from service.entrypoints.http.errors import install_error_handlers
@@ -31,6 +31,7 @@ def build_http_app(
     auth: Authenticator | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    liveness: Liveness | None = None,
 ) -> FastAPI:
     """Health endpoints always; the decision API and its document when ``decisions`` is given.
 
@@ -46,6 +47,7 @@ def build_http_app(
         middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
     )
     app.state.readiness = readiness
+    app.state.liveness = liveness or Liveness()
     app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
     app.include_router(health.router)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from service.application.health import Readiness
+from service.application.health import Liveness, Readiness
 
 router = APIRouter(include_in_schema=False)
 
@@ -18,8 +18,17 @@ async def _readiness(request: Request) -> Readiness:
     return found
 
 
+async def _liveness(request: Request) -> Liveness:
+    found: Any = request.app.state.liveness
+    assert isinstance(found, Liveness)
+    return found
+
+
 @router.get("/healthz")
-async def healthz() -> JSONResponse:
+async def healthz(liveness: Annotated[Liveness, Depends(_liveness)]) -> JSONResponse:
+    """503 only when the process cannot recover by itself, so the orchestrator restarts it."""
+    if not liveness.alive:
+        return JSONResponse({"status": "failing", "reason": liveness.failure}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
