@@ -6,14 +6,17 @@ own read-path connections (``service.client``) so that a sender never loads the 
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
@@ -25,6 +28,7 @@ from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork
+from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis, eviction_problem
@@ -32,6 +36,7 @@ from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
 from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
+from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
 from service.settings import Settings
 
@@ -56,13 +61,19 @@ class Container:
     redis: Redis
     readiness: Readiness
     decisions: DecisionService
+    metrics: PrometheusMetrics = field(default_factory=PrometheusMetrics)
     liveness: Liveness = field(default_factory=Liveness)
     worker_state: WorkerState | None = None
     output: KafkaOutput | None = None
+    worker_started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def decisions_for(
-    settings: Settings, catalog: Catalog, pool: asyncpg.Pool, redis: Redis
+    settings: Settings,
+    catalog: Catalog,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    telemetry: ReadTelemetry = NO_TELEMETRY,
 ) -> DecisionService:
     return build_decisions(
         catalog,
@@ -72,6 +83,7 @@ def decisions_for(
         cache_ttl_seconds=settings.cache_ttl_seconds,
         fill_ttl_seconds=settings.cache_fill_ttl_seconds,
         unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
+        telemetry=telemetry,
     )
 
 
@@ -89,7 +101,10 @@ async def build_container(
     """The HTTP API's dependencies, and with `with_worker` the consumer and its outputs.
 
     The API alone opens no Kafka client: it reads Redis and PostgreSQL only, and its
-    readiness checks just those.
+    readiness checks just those. Nothing here needs a dependency to answer: the pool and
+    the Redis client connect on first use, and the worker starts in the background as soon
+    as Kafka answers, so a process started during an outage serves `/healthz` and a
+    `/readyz` naming what is missing, and gets to work when it comes back.
     """
     pool = await create_pool(
         settings.database_dsn, settings.database_schema, settings.database_pool_size
@@ -102,8 +117,16 @@ async def build_container(
         if (problem := await eviction_problem(redis)) is not None:
             log.error("redis_eviction_policy_unsafe", detail=problem)
     readiness = Readiness()
+    metrics = PrometheusMetrics()
+    readiness.observers.append(metrics.readiness)
     container = Container(
-        settings, catalog, pool, redis, readiness, decisions_for(settings, catalog, pool, redis)
+        settings,
+        catalog,
+        pool,
+        redis,
+        readiness,
+        decisions_for(settings, catalog, pool, redis, metrics),
+        metrics,
     )
 
     async def postgres_probe() -> str | None:
@@ -116,17 +139,83 @@ async def build_container(
 
     readiness.add("postgresql", postgres_probe)
     readiness.add("redis", redis_probe)
+    await _report_unreachable(settings, container)
     if with_worker:
-        container.worker_state = await _start_worker(settings, stack, container)
+        container.worker_state = WorkerState()
+        starting = asyncio.create_task(_start_worker_when_possible(settings, stack, container))
+        stack.push_async_callback(_cancel, starting)
     return container
 
 
-async def _start_worker(
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def _report_unreachable(settings: Settings, container: Container) -> None:
+    """One structured line per dependency that does not answer at start-up: which, where
+    (host and port, never credentials) and why (the error's class)."""
+    checks = await container.readiness.check()
+    where = {
+        "postgresql": _host_port(settings.database_dsn),
+        "redis": _host_port(settings.redis_dsn),
+    }
+    for name, why in checks.items():
+        if why is not None:
+            log.error("dependency_unreachable", dependency=name, where=where.get(name), error=why)
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.hostname else "(unix socket)"
+
+
+async def _start_worker_when_possible(
     settings: Settings, stack: AsyncExitStack, container: Container
-) -> WorkerState:
+) -> None:
+    """Start the consumer and its producer, retrying with capped backoff while Kafka does not
+    answer; readiness says why meanwhile. Each attempt's partial start is undone."""
+    state = container.worker_state
+    assert state is not None
+    failing: list[str] = []
+
+    async def waiting_probe() -> str | None:
+        return f"worker not started: {failing[-1]}" if failing else "worker starting"
+
+    container.readiness.add("kafka", waiting_probe)
+
+    def failed(attempt: RetryCallState) -> None:
+        assert attempt.outcome is not None
+        error = type(attempt.outcome.exception()).__name__
+        if not failing:
+            log.error(
+                "dependency_unreachable",
+                dependency="kafka",
+                where=settings.kafka_bootstrap,
+                error=error,
+            )
+        failing.append(f"kafka unreachable ({error})")
+
+    async for attempt in AsyncRetrying(
+        wait=wait_exponential(multiplier=0.5, max=settings.retry_backoff_max_seconds),
+        retry=retry_if_exception_type(Exception),
+        before_sleep=failed,
+    ):
+        with attempt:
+            async with AsyncExitStack() as trial:
+                await _start_worker(settings, trial, container, state)
+                stack.push_async_callback(trial.pop_all().aclose)
+    if failing:
+        log.info("dependency_reachable", dependency="kafka", where=settings.kafka_bootstrap)
+    container.worker_started.set()
+
+
+async def _start_worker(
+    settings: Settings, stack: AsyncExitStack, container: Container, state: WorkerState
+) -> None:
     await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
     broker = build_broker(settings.kafka_bootstrap)
-    state = WorkerState()
     limits = await read_size_limits(settings.kafka_bootstrap, settings.topic_dlq)
     output = KafkaOutput(settings.kafka_bootstrap, limits, container.liveness)
     container.output = output
@@ -148,8 +237,14 @@ async def _start_worker(
         max_record_bytes=settings.max_record_bytes,
         max_future=timedelta(seconds=settings.max_future_seconds),
         max_lanes=settings.worker_lanes,
+        telemetry=container.metrics,
     )
-    process = IsolatingProcessor(commands, publisher, max_record_bytes=settings.max_record_bytes)
+    process = IsolatingProcessor(
+        commands,
+        publisher,
+        max_record_bytes=settings.max_record_bytes,
+        telemetry=container.metrics,
+    )
     register_worker(
         broker,
         topic=settings.topic_commands,
@@ -159,6 +254,7 @@ async def _start_worker(
         process=process,
         state=state,
         backoff_max_seconds=settings.retry_backoff_max_seconds,
+        telemetry=container.metrics,
     )
 
     async def kafka_probe() -> str | None:
@@ -174,4 +270,3 @@ async def _start_worker(
     container.readiness.add("consumer", consumer_probe)
     await broker.start()
     stack.push_async_callback(broker.stop)
-    return state

@@ -13,6 +13,7 @@ from service.adapters.postgres.state_reader import PostgresStateReader
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_reader import RedisStateReader
 from service.application.decisions import DecisionService, LocalStates
+from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
 
 
@@ -26,9 +27,10 @@ def build_decisions(
     fill_ttl_seconds: int,
     unknown_ttl_seconds: int,
     local: LocalStates | None = None,
+    telemetry: ReadTelemetry = NO_TELEMETRY,
 ) -> DecisionService:
     cache = RedisStateCache(redis, redis_prefix, cache_ttl_seconds)
     filler = RedisStateCache(redis, redis_prefix, fill_ttl_seconds, unknown_ttl_seconds)
     return DecisionService(
-        catalog, RedisStateReader(redis, cache), filler, PostgresStateReader(pool), local
+        catalog, RedisStateReader(redis, cache), filler, PostgresStateReader(pool), local, telemetry
     )

@@ -8,10 +8,12 @@ SDK, the HTTP API, the CLI and the worker share one rule.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
 from service.domain.decision import Rules, effective_preferences, is_allowed
 from service.domain.model import Decision, SubjectKey, SubjectState
@@ -77,12 +79,14 @@ class DecisionService:
         filler: StateFiller,
         store: StoredStates,
         local: LocalStates | None = None,
+        telemetry: ReadTelemetry = NO_TELEMETRY,
     ) -> None:
         self.catalog = catalog
         self._cache = cache
         self._filler = filler
         self._store = store
         self._local = local
+        self._telemetry = telemetry
 
     def validate(self, topic: str, channel: str) -> Decision:
         """The answer for a subject with no rules; raises ``UnknownTopic``/``UnknownChannel``.
@@ -96,14 +100,20 @@ class DecisionService:
         return is_allowed(self.catalog, state, topic, channel)
 
     async def state(self, key: SubjectKey) -> SubjectState:
+        return (await self._state_and_source(key))[0]
+
+    async def _state_and_source(self, key: SubjectKey) -> tuple[SubjectState, str]:
         local = self._local
         if local is not None and (kept := local.get(key)) is not None:
-            return kept
+            return kept, "local"
         cached = await self._cache.read_one(key)
-        state = cached if cached is not None else (await self._fill([key]))[key]
+        if cached is not None:
+            state, source = cached, "redis"
+        else:
+            state, source = (await self._fill([key]))[key], "postgresql"
         if local is not None:
             local.put(state)
-        return state
+        return state, source
 
     async def states(self, tenant: str, subject_ids: Sequence[str]) -> list[SubjectState]:
         """States of many subjects of one tenant, in order: a few Redis calls, one SQL query."""
@@ -131,11 +141,17 @@ class DecisionService:
         if local is not None:
             hit = local.decision(key.tenant, key.subject_id, topic, channel)
             if hit is not None:
+                # Counted, not timed: timing would cost more than the answer itself.
+                self._telemetry.local_hit(hit.allowed)
                 return hit
         empty = self.validate(topic, channel)
         if empty.basis == "mandatory":
             return empty
-        return self.decide(await self.state(key), topic, channel)
+        started = time.perf_counter()
+        state, source = await self._state_and_source(key)
+        decision = self.decide(state, topic, channel)
+        self._telemetry.check(decision.allowed, source, time.perf_counter() - started)
+        return decision
 
     async def preferences(self, key: SubjectKey) -> SubjectPreferences:
         return self.preferences_of(await self.state(key))

@@ -1,14 +1,17 @@
 """Readiness: ready only when every dependency answers and the consumer has its partitions.
 
-Each probe returns ``None`` when healthy or a short reason; ``/readyz`` shows the reasons so
-on-call sees which dependency is down without reading logs.
+Each probe returns ``None`` when healthy or a short reason; ``/readyz`` shows the reasons,
+with since when each has been failing, so on-call sees which dependency is down and for how
+long without reading logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 Probe = Callable[[], Awaitable[str | None]]
 
@@ -17,6 +20,8 @@ Probe = Callable[[], Awaitable[str | None]]
 class Readiness:
     probes: dict[str, Probe] = field(default_factory=dict)
     timeout_s: float = 2.0
+    failing_since: dict[str, float] = field(default_factory=dict)
+    observers: list[Callable[[dict[str, str | None]], None]] = field(default_factory=list)
 
     def add(self, name: str, probe: Probe) -> None:
         self.probes[name] = probe
@@ -32,7 +37,18 @@ class Readiness:
 
         names = list(self.probes)
         results = await asyncio.gather(*(run(self.probes[n]) for n in names))
-        return dict(zip(names, results, strict=True))
+        now = time.time()
+        checks: dict[str, str | None] = {}
+        for name, why in zip(names, results, strict=True):
+            if why is None:
+                self.failing_since.pop(name, None)
+                checks[name] = None
+                continue
+            since = datetime.fromtimestamp(self.failing_since.setdefault(name, now), UTC)
+            checks[name] = f"{why} (since {since.isoformat(timespec='seconds')})"
+        for observe in self.observers:
+            observe(checks)
+        return checks
 
 
 @dataclass

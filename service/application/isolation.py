@@ -27,6 +27,7 @@ import structlog
 from service.application.errors import failure_name, unavailable_in
 from service.application.ports import DeadLetterRecord, OutcomeMessage, Publisher
 from service.application.records import RawRecord
+from service.application.telemetry import NO_TELEMETRY, PipelineTelemetry
 from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import outcome_json
 from service.domain.commands import Delivery, Received
@@ -41,14 +42,29 @@ class BatchProcess(Protocol):
     ) -> None: ...
 
 
+def refusing_dependency(failure: str) -> str:
+    """Which dependency refused a record, from the failure's name (for metrics)."""
+    lowered = failure.lower()
+    for name in ("postgresql", "redis", "kafka"):
+        if name in lowered:
+            return name
+    return "unknown"
+
+
 def _delivery(record: RawRecord) -> Delivery:
     return Delivery(record.topic, record.partition, record.offset)
 
 
 class IsolatingProcessor:
     def __init__(
-        self, process: BatchProcess, publisher: Publisher, *, max_record_bytes: int
+        self,
+        process: BatchProcess,
+        publisher: Publisher,
+        *,
+        max_record_bytes: int,
+        telemetry: PipelineTelemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._process = process
         self._publisher = publisher
         self._max_record_bytes = max_record_bytes
@@ -90,6 +106,7 @@ class IsolatingProcessor:
                     await self._bisect(half)
 
     async def _reject(self, record: RawRecord, failure: str) -> None:
+        self._telemetry.poison_record(refusing_dependency(failure))
         log.error(
             "record_isolated",
             topic=record.topic,

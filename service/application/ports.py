@@ -39,6 +39,7 @@ class OutcomeMessage:
 class DeadLetterRecord:
     record: RawRecord
     error: str
+    code: str = "poison"
 
 
 @dataclass(frozen=True, slots=True)

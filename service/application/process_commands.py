@@ -29,6 +29,7 @@ from service.application.ports import (
     UnitOfWorkFactory,
 )
 from service.application.records import RawRecord
+from service.application.telemetry import NO_TELEMETRY, LaneFigures, PipelineTelemetry
 from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import encode_events, outcome_json
 from service.domain.apply import BatchResult, apply_batch
@@ -116,6 +117,34 @@ def as_refused(
     return DeadLetter(failure)
 
 
+def _figures(
+    records: Sequence[RawRecord],
+    commands: Sequence[Received | Malformed],
+    result: BatchResult,
+    dead: Sequence[DeadLetterRecord],
+    stages: tuple[float, float, float, float],
+) -> LaneFigures:
+    """A lane's figures for on-call. `result.outcomes` has one answer per command, in order,
+    so an applied answer is paired with its record's Kafka timestamp and `occurred_at`."""
+    figures = LaneFigures(*stages)
+    figures.outcomes.update((o.status, o.reason or "") for o in result.outcomes)
+    figures.dead_letters.update(d.code for d in dead)
+    now = time.time()
+    stamps = {(r.topic, r.partition, r.offset): r.timestamp_ms / 1000 for r in records}
+    for record, outcome in zip(commands, result.outcomes, strict=True):
+        if outcome.status != "applied" or not isinstance(record, Received):
+            continue
+        delivery = record.delivery
+        stamp = stamps.get((delivery.topic, delivery.partition, delivery.offset))
+        if stamp is not None:
+            figures.record_to_event_seconds.append(max(0.0, now - stamp))
+        if outcome.effective_at is not None:
+            figures.occurred_to_effective_seconds.append(
+                (outcome.effective_at - record.command.occurred_at).total_seconds()
+            )
+    return figures
+
+
 class ProcessCommands:
     """Processes a batch in lanes, partitions spread over them, the lanes side by side.
 
@@ -140,7 +169,9 @@ class ProcessCommands:
         max_record_bytes: int,
         max_future: timedelta,
         max_lanes: int = 4,
+        telemetry: PipelineTelemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._unit_of_work = unit_of_work
         self._cache = cache
         self._publisher = publisher
@@ -190,7 +221,7 @@ class ProcessCommands:
             if refused and delivery in refused:
                 decoded = as_refused(decoded, refused[delivery])
             if isinstance(decoded, DeadLetter):
-                dead.append(DeadLetterRecord(record, decoded.error))
+                dead.append(DeadLetterRecord(record, decoded.error, decoded.code))
             else:
                 commands.append(decoded)
         return commands, dead
@@ -237,6 +268,15 @@ class ProcessCommands:
         cached = time.perf_counter()
         await self._publisher.publish(outputs.events, outputs.outcomes, dead)
         published = time.perf_counter()
+        self._telemetry.lane(
+            _figures(
+                records,
+                commands,
+                result,
+                dead,
+                (decoded_at - started, stored - decoded_at, cached - stored, published - cached),
+            )
+        )
         return _LaneReport(
             records=len(records),
             dead_letters=len(dead),

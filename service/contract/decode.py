@@ -32,6 +32,7 @@ class DeadLetter:
     """
 
     error: str
+    code: str = "poison"  # a stable class for metrics: `not_json`, `too_large`, ...
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -89,25 +90,25 @@ def decode_command(
 ) -> Received | Malformed | DeadLetter:
     """Classify one record value as a command, an answerable invalid command, or DLQ."""
     if not value:
-        return DeadLetter("empty value")
+        return DeadLetter("empty value", "empty")
     if len(value) > max_bytes:
-        return DeadLetter(f"value larger than {max_bytes} bytes")
+        return DeadLetter(f"value larger than {max_bytes} bytes", "too_large")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
-        return DeadLetter("value is not valid UTF-8")
+        return DeadLetter("value is not valid UTF-8", "not_utf8")
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:
         try:
             document = _lenient_json(text)
         except (ValueError, RecursionError):
-            return DeadLetter("value is not valid JSON")
+            return DeadLetter("value is not valid JSON", "not_json")
     if not isinstance(document, dict):
-        return DeadLetter("value is not a JSON object")
+        return DeadLetter("value is not a JSON object", "not_object")
     command_id = _text(document, "command_id", 128)
     if command_id is None:
-        return DeadLetter("no readable command_id (a string of 1-128 characters)")
+        return DeadLetter("no readable command_id (a string of 1-128 characters)", "no_command_id")
     try:
         # The model's validator itself: exactly what `model_validate` calls, minus a
         # Python-level wrapper that costs a noticeable share of decoding a small command.

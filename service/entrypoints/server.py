@@ -69,6 +69,7 @@ class Service:
                 auth,
                 max_body_bytes=self.settings.http_max_body_bytes,
                 liveness=self.container.liveness,
+                metrics_registry=self.container.metrics.registry,
             )
             config = uvicorn.Config(
                 app,

@@ -7,6 +7,7 @@ service builds, with a ``DecisionService`` over fakes of its three ports.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -324,10 +325,13 @@ async def test_health_only_app_reports_failing_checks() -> None:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json() == {
-            "status": "not ready",
-            "checks": {"redis": "no PONG", "postgresql": None},
-        }
+        body = ready.json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["postgresql"] is None
+        # The reason, and since when it has been failing.
+        assert re.fullmatch(
+            r"no PONG \(since \d{4}-\d\d-\d\dT[\d:]{8}\+00:00\)", body["checks"]["redis"]
+        )
         assert (await client.get("/openapi.json")).status_code == 404
         assert (await client.get("/v1/subjects/u1/preferences")).status_code == 404
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -34,7 +34,7 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
 from service.adapters.kafka.offsets import GapCheck, Partition
-from service.application.errors import DependencyUnavailable, leaf_failures
+from service.application.errors import DependencyUnavailable, leaf_failures, unavailable_in
 from service.application.records import RawRecord
 
 log = structlog.get_logger(__name__)
@@ -63,12 +63,42 @@ class WorkerState:
         return f"batch retrying since {since.isoformat(timespec='seconds')}: {self.failing}"
 
 
+class ConsumerTelemetry(Protocol):
+    """What the consumer reports (``service.adapters.prometheus_metrics`` implements it)."""
+
+    def batch(self, records: int) -> None: ...
+    def committed(self, seconds: float) -> None: ...
+    def retry(self, dependency: str) -> None: ...
+    def lag(self, topic: str, partition: int, records: int, seconds: float) -> None: ...
+    def forget_partition(self, topic: str, partition: int) -> None: ...
+
+
+class _Silent:
+    def batch(self, records: int) -> None:
+        return None
+
+    def committed(self, seconds: float) -> None:
+        return None
+
+    def retry(self, dependency: str) -> None:
+        return None
+
+    def lag(self, topic: str, partition: int, records: int, seconds: float) -> None:
+        return None
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        return None
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets an in-flight batch finish (and commit) before its partitions move away."""
 
-    def __init__(self, state: WorkerState, grace_seconds: float) -> None:
+    def __init__(
+        self, state: WorkerState, grace_seconds: float, telemetry: ConsumerTelemetry
+    ) -> None:
         self._state = state
         self._grace_seconds = grace_seconds
+        self._telemetry = telemetry
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         try:
@@ -77,6 +107,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("rebalance_abandons_batch", partitions=len(revoked))
         self._state.assigned.difference_update((tp.topic, tp.partition) for tp in revoked)
         self._state.gaps.forget((tp.topic, tp.partition) for tp in revoked)
+        for tp in revoked:
+            self._telemetry.forget_partition(tp.topic, tp.partition)
         log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -120,6 +152,17 @@ def next_offsets(records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
         tp = TopicPartition(r.topic, r.partition)
         offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
     return offsets
+
+
+def first_timestamps(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    """Per partition, the Kafka timestamp (ms) of the batch's first record: the oldest one
+    waiting, whose age is the partition's lag in seconds."""
+    firsts: dict[Partition, tuple[int, int]] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        if key not in firsts or r.offset < firsts[key][0]:
+            firsts[key] = (r.offset, r.timestamp_ms)
+    return {key: stamp for key, (_, stamp) in firsts.items()}
 
 
 def first_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
@@ -195,7 +238,9 @@ def register_worker(
     process: BatchProcessor,
     state: WorkerState,
     backoff_max_seconds: float,
+    telemetry: ConsumerTelemetry | None = None,
 ) -> Any:
+    report: ConsumerTelemetry = telemetry or _Silent()
     subscriber_ref: list[Any] = []
 
     def consumer_of() -> Any:
@@ -209,7 +254,7 @@ def register_worker(
         batch_timeout_ms=round(wait_seconds * 1000),
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
-        listener=_Rebalance(state, grace_seconds=30.0),
+        listener=_Rebalance(state, grace_seconds=30.0, telemetry=report),
         parser=raw_batch_parser(consumer_of),
         decoder=_no_decode,
         max_poll_interval_ms=600_000,
@@ -226,6 +271,12 @@ def register_worker(
         if not records:
             return
         consumer: Any = message.consumer
+        report.batch(len(records))
+        arrived = time.time()
+        waited = {
+            partition: max(0.0, arrived - first / 1000)
+            for partition, first in first_timestamps(records).items()
+        }
         state.idle.clear()
         try:
             # Where each partition stands after this batch: known locally, no round trip.
@@ -240,12 +291,20 @@ def register_worker(
                 records = [r for r in records if (r.topic, r.partition) not in held]
             if not records:
                 return
-            if not await _process_until_done(records, process, state, backoff_max_seconds):
+            if not await _process_until_done(records, process, state, backoff_max_seconds, report):
                 return
             for partition, position in positions.items():
                 if partition not in held:
                     state.gaps.processed(partition, position)
+            committing = time.perf_counter()
             await consumer.commit(next_offsets(records))
+            report.committed(time.perf_counter() - committing)
+            for (topic, number), position in positions.items():
+                end = consumer.highwater(TopicPartition(topic, number))
+                behind = max(0, end - position) if end is not None else 0
+                report.lag(
+                    topic, number, behind, waited.get((topic, number), 0.0) if behind else 0.0
+                )
         except Exception as exc:
             log.warning("offset_commit_failed", error=type(exc).__name__, records=len(records))
         finally:
@@ -260,6 +319,7 @@ async def _process_until_done(
     process: BatchProcessor,
     state: WorkerState,
     backoff_max_seconds: float,
+    report: ConsumerTelemetry,
 ) -> bool:
     """Retry the batch until it succeeds; give up only when its partitions moved away."""
     owned = {(r.topic, r.partition) for r in records}
@@ -269,7 +329,10 @@ async def _process_until_done(
 
     def failed(attempt: RetryCallState) -> None:
         assert attempt.outcome is not None
-        reason = describe(attempt.outcome.exception())
+        failure = attempt.outcome.exception()
+        reason = describe(failure)
+        unavailable = unavailable_in(failure) if failure is not None else None
+        report.retry(unavailable.dependency if unavailable is not None else "other")
         if state.failing is None:
             log.error("batch_failed_retrying", error=reason, records=len(records))
             state.failing_since = time.time()

@@ -26,7 +26,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
     pool: asyncpg.Pool[Any] | None = await asyncpg.create_pool(
         dsn,
-        min_size=1,
+        # No connection at creation: a process started while PostgreSQL is down still starts
+        # (readiness says so), and the first use connects.
+        min_size=0,
         max_size=size,
         server_settings={
             "search_path": schema,

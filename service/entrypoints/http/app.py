@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 
 from service.application.decisions import DecisionService
@@ -32,6 +33,7 @@ def build_http_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     liveness: Liveness | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """Health endpoints always; the decision API and its document when ``decisions`` is given.
 
@@ -48,6 +50,7 @@ def build_http_app(
     )
     app.state.readiness = readiness
     app.state.liveness = liveness or Liveness()
+    app.state.metrics_registry = metrics_registry
     app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
     app.include_router(health.router)

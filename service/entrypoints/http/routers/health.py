@@ -1,11 +1,13 @@
-"""Liveness and readiness, for the orchestrator: no token, and not in the OpenAPI document."""
+"""Liveness, readiness and metrics, for the orchestrator and Prometheus: no token, and not in
+the OpenAPI document."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from service.application.health import Liveness, Readiness
 
@@ -41,3 +43,16 @@ async def readyz(readiness: Annotated[Readiness, Depends(_readiness)]) -> JSONRe
         {"status": "not ready" if failing else "ready", "checks": reasons},
         status_code=503 if failing else 200,
     )
+
+
+@router.get("/metrics")
+async def metrics(
+    request: Request, readiness: Annotated[Readiness, Depends(_readiness)]
+) -> Response:
+    """The Prometheus exposition; readiness is checked first, so `optout_ready` and
+    `optout_dependency_up` are as of this scrape."""
+    registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
+    if registry is None:
+        return Response(status_code=404)
+    await readiness.check()
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
