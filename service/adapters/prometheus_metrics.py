@@ -21,6 +21,11 @@ _LATENCY = (
 _SIZES = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 DEPENDENCIES = ("postgresql", "redis", "kafka")
 STAGES = ("decode", "postgresql", "redis", "publish", "commit")
+# DeadLetter codes (``service.contract.decode``) and isolation's `poison`: present at zero
+# from the start, so that the first dead letter of a class is an increase an alert sees.
+DEAD_LETTER_CLASSES = (
+    "empty", "too_large", "not_utf8", "not_json", "not_object", "no_command_id", "poison",
+)  # fmt: skip
 
 
 class PrometheusMetrics:
@@ -116,6 +121,8 @@ class PrometheusMetrics:
         # Series that exist from the start, so rates and alerts have a zero to compare with.
         for stage in STAGES:
             self.stage.labels(stage)
+        for error in DEAD_LETTER_CLASSES:
+            self.dead_letters.labels(error)
         for dependency in DEPENDENCIES:
             self.dependency_errors.labels(dependency)
             self.retries.labels(dependency)
