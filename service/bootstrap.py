@@ -7,6 +7,7 @@ own read-path connections (``service.client``) so that a sender never loads the 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -147,6 +148,15 @@ async def build_container(
     return container
 
 
+async def _drain(state: WorkerState, deadline_seconds: float) -> None:
+    started = time.monotonic()
+    drained = await state.drain(deadline_seconds)
+    log.info(
+        "worker_drained" if drained else "worker_drain_deadline_passed",
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with suppress(asyncio.CancelledError):
@@ -270,3 +280,5 @@ async def _start_worker(
     container.readiness.add("consumer", consumer_probe)
     await broker.start()
     stack.push_async_callback(broker.stop)
+    # Unwound first on shutdown: no new batch, the one in flight finishes and commits.
+    stack.push_async_callback(_drain, state, settings.shutdown_deadline_seconds)

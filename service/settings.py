@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(default=64 * 1024, ge=1_024)
     max_future_seconds: float = Field(default=300.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=5.0, gt=0)
+    # On SIGTERM: how long the in-flight batch may take to finish and commit.
+    shutdown_deadline_seconds: float = Field(default=20.0, gt=0)
     catalog_file: Path | None = None
 
     http_host: str = "127.0.0.1"

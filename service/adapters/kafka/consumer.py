@@ -51,9 +51,23 @@ class WorkerState:
     failing_since: float | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     gaps: GapCheck = field(default_factory=GapCheck)
+    stopping: bool = False
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    async def drain(self, deadline_seconds: float) -> bool:
+        """Take no new batch; wait for the one in flight to be processed and committed.
+
+        False when the deadline passed first: that batch's offsets stay uncommitted and its
+        records are answered again (identically) by the next owner of the partition.
+        """
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), deadline_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def failure(self) -> str | None:
         """The readiness reason while a batch is retried: what fails, and since when."""
@@ -268,7 +282,8 @@ def register_worker(
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
             for r in message.raw_message
         ]
-        if not records:
+        if not records or state.stopping:
+            # Stopping: these records stay uncommitted, for the partition's next owner.
             return
         consumer: Any = message.consumer
         report.batch(len(records))
@@ -324,8 +339,9 @@ async def _process_until_done(
     """Retry the batch until it succeeds; give up only when its partitions moved away."""
     owned = {(r.topic, r.partition) for r in records}
 
-    def revoked(_: RetryCallState) -> bool:
-        return not owned <= state.assigned
+    def revoked(attempt: RetryCallState) -> bool:
+        gave_up = attempt.outcome is not None and isinstance(attempt.outcome.exception(), _GiveUp)
+        return gave_up or not owned <= state.assigned
 
     def failed(attempt: RetryCallState) -> None:
         assert attempt.outcome is not None
@@ -346,6 +362,9 @@ async def _process_until_done(
     try:
         async for attempt in retrying:
             with attempt:
+                if state.stopping and state.failing is not None:
+                    # Shutting down during an outage: leave the batch to the next owner.
+                    raise _GiveUp
                 await process(records)
     except RetryError:
         log.warning("batch_abandoned_after_revocation", records=len(records))
@@ -355,6 +374,10 @@ async def _process_until_done(
     state.failing = None
     state.failing_since = None
     return True
+
+
+class _GiveUp(Exception):
+    """The worker is stopping while the batch keeps failing: stop retrying it."""
 
 
 def describe(exc: BaseException | None) -> str:
