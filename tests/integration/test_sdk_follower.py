@@ -151,6 +151,13 @@ async def test_partitions_added_to_the_topic_are_followed_from_their_start(
         await admin.start()
         try:
             await admin.create_partitions({settings.topic_preferences: NewPartitions(5)})
+            # The broker's metadata shows them a moment later; the producer needs them there.
+            async with asyncio.timeout(10):
+                while True:
+                    (described,) = await admin.describe_topics([settings.topic_preferences])
+                    if len(described["partitions"]) == 5:
+                        break
+                    await asyncio.sleep(0.05)
         finally:
             await admin.close()
         # Events on partitions the follower has not seen yet: it must read them from their
