@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     client_local_cache: bool = True
     client_local_cache_size: int = Field(default=100_000, ge=1)
     client_local_cache_max_age_seconds: float = Field(default=30.0, gt=0)
+    client_local_cache_bound_seconds: float = Field(default=0.5, ge=0.05)
     client_local_cache_stall_seconds: float = Field(default=2.0, gt=0)
 
     log_level: str = "INFO"

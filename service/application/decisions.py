@@ -38,13 +38,19 @@ class StoredStates(Protocol):
 
 
 class LocalStates(Protocol):
-    """An in-process cache in front of Redis (the SDK's), with memoised decisions."""
+    """An in-process cache in front of Redis (the SDK's), with memoised decisions.
+
+    ``generation()`` is taken before a state is read elsewhere and handed back to ``put``:
+    the cache keeps the state only if it dropped nothing in between, since a dropped entry
+    may have held a newer version than the one the read brings back.
+    """
 
     def decision(
         self, tenant: str, subject_id: str, topic: str, channel: str
     ) -> Decision | None: ...
     def get(self, key: SubjectKey) -> SubjectState | None: ...
-    def put(self, state: SubjectState) -> None: ...
+    def generation(self) -> int: ...
+    def put(self, state: SubjectState, generation: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +112,14 @@ class DecisionService:
         local = self._local
         if local is not None and (kept := local.get(key)) is not None:
             return kept, "local"
+        generation = local.generation() if local is not None else 0
         cached = await self._cache.read_one(key)
         if cached is not None:
             state, source = cached, "redis"
         else:
             state, source = (await self._fill([key]))[key], "postgresql"
         if local is not None:
-            local.put(state)
+            local.put(state, generation)
         return state, source
 
     async def states(self, tenant: str, subject_ids: Sequence[str]) -> list[SubjectState]:
@@ -224,9 +231,10 @@ class DecisionService:
     ) -> list[str]:
         known = [local.decision(tenant, sid, topic, channel) for sid in subject_ids]
         missing = [sid for sid, d in zip(subject_ids, known, strict=True) if d is None]
+        generation = local.generation()
         fetched = await self.states(tenant, missing) if missing else []
         for state in fetched:
-            local.put(state)
+            local.put(state, generation)
         allowed_new = set(
             self.allowed_among(((s.key.subject_id, s.rules) for s in fetched), topic, channel)
         )

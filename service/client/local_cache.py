@@ -1,19 +1,25 @@
 """The SDK's in-process cache: a bounded LRU of subject states with memoised decisions.
 
-Staleness bound. The worker writes Redis, then publishes the preference-changed event; the
-cache applies every event it fetches (a newer version replaces the entry). So a local answer
-lags Redis by at most the consumer lag of the preferences topic: the event's trip through
-Kafka (README, "Read path for senders", has the measured bound). Two guards
-keep that bound honest when the stream is not flowing:
+Staleness bound. The cache answers only while its follower vouches that it has applied
+every event of the preferences topic up to an end offset seen at most ``bound`` ago
+(``catch_up`` states the rule and why it bounds what a sender can see after an outcome).
+The follower sends ``vouch(until)`` after every fetch; a check compares the clock with
+``until`` and, past it, answers ``None`` so the caller goes to Redis. That comparison is the
+whole cost of the guard on the hot path.
 
-- the follower switches the cache off (and empties it) when it has not heard from the broker
-  for ``stall_seconds``; answers then come from Redis until fetches resume;
-- no entry is used more than ``max_age_seconds`` after it was read from Redis, whatever the
-  stream says, so even an undetected gap heals by itself.
+Switched off (after a stall or a failure of the follower) the cache is emptied and stores
+nothing until the follower vouches again. No entry is used more than ``max_age_seconds``
+after it was stored, whatever the stream says, so even an undetected gap heals by itself.
+
+Generations. A state read from Redis may predate an event the follower applied while the
+read was in flight; the version check keeps the newer one, unless the cache dropped the
+entry in between (cleared, evicted, expired, switched off or on). So every drop bumps the
+generation, and a read is stored only if the generation taken before it is still current.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,23 +57,77 @@ class LocalCache:
         self._decide = decide
         self._max_entries = max_entries
         self.max_age_seconds = max_age_seconds
-        self._clock = clock
+        self.clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self.enabled = False
+        self._on = False
+        self._usable_until = -math.inf
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    # --- the follower's side --------------------------------------------------------------
+
+    @property
+    def switched_on(self) -> bool:
+        return self._on
+
+    def usable(self) -> bool:
+        """Whether a check made now may be answered from memory."""
+        return self.clock() < self._usable_until
+
+    def vouch(self, until: float) -> bool:
+        """The follower has caught up enough for answers until ``until``; ``True`` when this
+        switched the cache on (it stays off while ``until`` is already past)."""
+        if self._on:
+            self._usable_until = until
+            return False
+        if until <= self.clock():
+            return False
+        self._on = True
+        self._generation += 1  # a read begun while off may predate events skipped then
+        self._usable_until = until
+        return True
+
+    def switch_off(self) -> None:
+        self._on = False
+        self._usable_until = -math.inf
+        self.clear()
+
+    def apply(self, state: SubjectState) -> None:
+        """Store the state an event carries, unless a newer one is here.
+
+        Events insert subjects that are not cached yet: otherwise an event arriving while a
+        Redis read of the same subject is in flight would be lost, and the older read stored.
+        """
+        if self._on:
+            self._store(state)
+
+    # --- the reader's side ----------------------------------------------------------------
+
+    def generation(self) -> int:
+        """Take before reading a state elsewhere; hand it back to ``put``."""
+        return self._generation
+
+    def put(self, state: SubjectState, generation: int) -> None:
+        """Store a state read from Redis or PostgreSQL, if nothing was dropped since the
+        read began (``generation``) and no newer version is here."""
+        if self._on and generation == self._generation:
+            self._store(state)
+
     def _live(self, tenant: str, subject_id: str) -> _Entry | None:
-        if not self.enabled:
+        now = self.clock()
+        if now >= self._usable_until:
             return None
-        entry = self._entries.get((tenant, subject_id))
+        slot = (tenant, subject_id)
+        entry = self._entries.get(slot)
         if entry is None:
             return None
-        if self._clock() - entry.stored_at > self.max_age_seconds:
-            del self._entries[(tenant, subject_id)]
+        if now - entry.stored_at > self.max_age_seconds:
+            del self._entries[slot]
+            self._generation += 1
             return None
-        self._entries.move_to_end((tenant, subject_id))
+        self._entries.move_to_end(slot)
         return entry
 
     def get(self, key: SubjectKey) -> SubjectState | None:
@@ -75,7 +135,8 @@ class LocalCache:
         return None if entry is None else entry.state
 
     def decision(self, tenant: str, subject_id: str, topic: str, channel: str) -> Decision | None:
-        """The memoised answer, or ``None`` when the subject is not (or no longer) cached."""
+        """The memoised answer, or ``None`` when the subject is not cached or the cache may
+        not answer now."""
         entry = self._live(tenant, subject_id)
         if entry is None:
             return None
@@ -85,25 +146,25 @@ class LocalCache:
             entry.decisions[(topic, channel)] = decision
         return decision
 
-    def put(self, state: SubjectState) -> None:
-        """Store a state read from Redis or carried by an event, unless a newer one is here.
+    def peek(self, key: SubjectKey) -> SubjectState | None:
+        """The stored state even while the cache may not answer; for diagnostics and tests."""
+        entry = self._entries.get((key.tenant, key.subject_id))
+        return None if entry is None else entry.state
 
-        Events insert subjects that are not cached yet: otherwise an event arriving while a
-        Redis read of the same subject is in flight would be lost, and the older read stored.
-        """
-        if not self.enabled:
-            return
+    def _store(self, state: SubjectState) -> None:
         slot = (state.key.tenant, state.key.subject_id)
         current = self._entries.get(slot)
         if current is not None and current.state.version > state.version:
             return
         if current is not None and current.state.version == state.version:
-            current.stored_at = self._clock()
+            current.stored_at = self.clock()
             return
-        self._entries[slot] = _Entry(state, self._clock())
+        self._entries[slot] = _Entry(state, self.clock())
         self._entries.move_to_end(slot)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+            self._generation += 1
 
     def clear(self) -> None:
         self._entries.clear()
+        self._generation += 1

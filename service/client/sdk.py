@@ -1,7 +1,7 @@
 """The sender's SDK: "may I send this?" answered from memory, Redis, or PostgreSQL.
 
 Answers come, in order, from the in-process cache (fed by the preference-changed events,
-see ``local_cache`` for its staleness bound), from Redis, and on a Redis miss from
+see ``catch_up`` for its staleness bound), from Redis, and on a Redis miss from
 PostgreSQL, whose state is then copied into Redis with the worker's version compare-and-set.
 Every answer is the application's ``DecisionService``, the same as the HTTP API's: the SDK
 cannot disagree with the worker. It loads neither the worker's wiring nor faststream.
@@ -76,6 +76,7 @@ class OptoutClient:
                     settings.kafka_bootstrap,
                     settings.topic_preferences,
                     local,
+                    bound_seconds=settings.client_local_cache_bound_seconds,
                     stall_seconds=settings.client_local_cache_stall_seconds,
                 )
                 await follower.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -92,21 +93,26 @@ def decide(s: SubjectState, topic: str, channel: str) -> Decision:
 
 def cache(clock: Clock, size: int = 3) -> LocalCache:
     local = LocalCache(decide, max_entries=size, max_age_seconds=10.0, clock=clock)
-    local.enabled = True
+    assert local.vouch(math.inf)
     return local
+
+
+def put(local: LocalCache, s: SubjectState) -> None:
+    local.put(s, local.generation())
 
 
 def test_local_cache_keeps_the_newest_version() -> None:
     local = cache(Clock())
-    local.put(state(1))
+    put(local, state(1))
     assert local.decision("default", "u1", "marketing", "email") == decide(
         state(1), "marketing", "email"
     )
-    local.put(state(2, opt_out()))
+    local.apply(state(2, opt_out()))
     denied = local.decision("default", "u1", "marketing", "email")
     assert denied is not None
     assert not denied.allowed
-    local.put(state(1))  # an older read arriving late changes nothing
+    put(local, state(1))  # an older read arriving late changes nothing
+    local.apply(state(1))  # nor does an older event
     assert local.get(KEY) == state(2, opt_out())
     with pytest.raises(UnknownTopic):
         local.decision("default", "u1", "nope", "email")
@@ -115,10 +121,10 @@ def test_local_cache_keeps_the_newest_version() -> None:
 def test_local_cache_is_a_bounded_lru() -> None:
     local = cache(Clock(), size=2)
     a, b, c = (SubjectKey("default", n) for n in "abc")
-    local.put(state(1, key=a))
-    local.put(state(1, key=b))
+    put(local, state(1, key=a))
+    put(local, state(1, key=b))
     assert local.get(a) is not None  # a is now the most recently used
-    local.put(state(1, key=c))
+    put(local, state(1, key=c))
     assert len(local) == 2
     assert local.get(b) is None
     assert local.get(a) is not None
@@ -128,10 +134,10 @@ def test_local_cache_is_a_bounded_lru() -> None:
 def test_local_cache_entries_expire_after_max_age() -> None:
     clock = Clock()
     local = cache(clock)
-    local.put(state(1))
+    put(local, state(1))
     clock.now = 9.9
     assert local.get(KEY) is not None
-    local.put(state(1))  # the same version read again restarts the clock
+    put(local, state(1))  # the same version read again restarts the clock
     clock.now = 19.0
     assert local.get(KEY) is not None
     clock.now = 20.0
@@ -139,14 +145,18 @@ def test_local_cache_entries_expire_after_max_age() -> None:
     assert local.decision("default", "u1", "marketing", "email") is None
 
 
-def test_a_disabled_local_cache_answers_nothing() -> None:
+def test_a_switched_off_local_cache_is_empty_and_stores_nothing() -> None:
     local = cache(Clock())
-    local.put(state(1))
-    local.enabled = False
+    put(local, state(1))
+    local.switch_off()
+    assert not local.switched_on
+    assert len(local) == 0
     assert local.get(KEY) is None
-    local.put(state(2))
-    local.enabled = True
-    assert local.get(KEY) == state(1)
+    put(local, state(2))
+    local.apply(state(2))
+    assert local.peek(KEY) is None
+    assert local.vouch(math.inf)
+    assert local.get(KEY) is None
 
 
 # --- decoding -----------------------------------------------------------------------------
@@ -174,38 +184,4 @@ def test_event_state_rebuilds_the_full_rule_set() -> None:
     assert event_state(event_json(event)) == state(4, *rules)
 
 
-# --- the follower's stall guard -----------------------------------------------------------
-
-
-class FakeConsumer:
-    def __init__(self, polled_ms: float | None) -> None:
-        self.polled_ms = polled_ms
-
-    def last_poll_timestamp(self, tp: object) -> float | None:
-        return self.polled_ms
-
-
-def test_follower_switches_the_local_cache_off_while_kafka_is_silent() -> None:
-    import time
-
-    from aiokafka import TopicPartition
-
-    from service.client.follower import PreferencesFollower
-
-    local = cache(Clock())
-    local.put(state(1))
-    follower = PreferencesFollower("unused:9092", "t", local, stall_seconds=2.0)
-    follower.partitions = [TopicPartition("t", 0)]
-    now_ms = time.time() * 1000
-    follower._started_seconds = now_ms / 1000
-    follower._watch_stall(FakeConsumer(now_ms - 500))
-    assert local.get(KEY) is not None
-    follower._watch_stall(FakeConsumer(now_ms - 5_000))
-    assert not local.enabled
-    assert len(local) == 0
-    follower._watch_stall(FakeConsumer(time.time() * 1000))
-    assert local.enabled
-    # Before any fetch answer, silence counts from the follower's start.
-    follower._started_seconds = (now_ms - 5_000) / 1000
-    follower._watch_stall(FakeConsumer(None))
-    assert not local.enabled
+# --- OpenAPI ------------------------------------------------------------------------------
