@@ -67,6 +67,7 @@ class Container:
     worker_state: WorkerState | None = None
     output: KafkaOutput | None = None
     worker_started: asyncio.Event = field(default_factory=asyncio.Event)
+    worker_first_try: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def decisions_for(
@@ -145,6 +146,8 @@ async def build_container(
         container.worker_state = WorkerState()
         starting = asyncio.create_task(_start_worker_when_possible(settings, stack, container))
         stack.push_async_callback(_cancel, starting)
+        # Started before returning when Kafka answers; otherwise it goes on in the background.
+        await container.worker_first_try.wait()
     return container
 
 
@@ -206,6 +209,7 @@ async def _start_worker_when_possible(
                 error=error,
             )
         failing.append(f"kafka unreachable ({error})")
+        container.worker_first_try.set()
 
     async for attempt in AsyncRetrying(
         wait=wait_exponential(multiplier=0.5, max=settings.retry_backoff_max_seconds),
@@ -219,6 +223,7 @@ async def _start_worker_when_possible(
     if failing:
         log.info("dependency_reachable", dependency="kafka", where=settings.kafka_bootstrap)
     container.worker_started.set()
+    container.worker_first_try.set()
 
 
 async def _start_worker(
