@@ -7,11 +7,12 @@ bound.
 from service.application.decisions import SubjectPreferences
 from service.client.local_cache import LocalCache
 from service.client.sdk import OptoutClient
-from service.domain.catalog import UnknownChannel, UnknownTopic
+from service.domain.catalog import InvalidChannel, UnknownChannel, UnknownTopic
 from service.domain.model import Decision, Rule
 
 __all__ = [
     "Decision",
+    "InvalidChannel",
     "LocalCache",
     "OptoutClient",
     "Rule",

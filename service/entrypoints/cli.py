@@ -9,8 +9,11 @@ import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import typer
+from redis.exceptions import RedisError
 
 from service.bootstrap import run_migrations
 from service.logging import configure_logging
@@ -30,10 +33,39 @@ def _settings() -> Settings:
     return settings
 
 
+_UNREACHABLE = (OSError, TimeoutError, ConnectionError)
+
+
+def _unreachable(command: str, exc: BaseException, settings: Settings) -> typer.Exit:
+    """One line naming the dependency that did not answer (never a traceback), exit 1."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    if any("asyncpg" in f for f in frames) or type(exc).__module__.startswith("asyncpg"):
+        where = f"PostgreSQL at {_host_port(settings.database_dsn)}"
+    elif any("redis" in f for f in frames) or type(exc).__module__.startswith("redis"):
+        where = f"Redis at {_host_port(settings.redis_dsn)}"
+    else:
+        where = "a dependency"
+    typer.echo(f"optout {command}: {where} did not answer ({type(exc).__name__})", err=True)
+    return typer.Exit(1)
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
+
+
 @app.command()
 def migrate() -> None:
     """Apply the PostgreSQL migrations that are not applied yet (safe to repeat)."""
-    applied = asyncio.run(run_migrations(_settings()))
+    settings = _settings()
+    try:
+        applied = asyncio.run(run_migrations(settings))
+    except (*_UNREACHABLE, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        raise _unreachable("migrate", exc, settings) from None
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -97,7 +129,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
 ) -> None:
     """May TOPIC be sent to SUBJECT on CHANNEL? Prints the decision and its reason."""
-    from service.client import OptoutClient, UnknownChannel, UnknownTopic
+    from service.client import InvalidChannel, OptoutClient, UnknownChannel, UnknownTopic
     from service.entrypoints.http.models import DecisionOut
 
     async def ask() -> DecisionOut:
@@ -107,7 +139,14 @@ def check(
 
     try:
         answer = asyncio.run(ask())
-    except (UnknownTopic, UnknownChannel) as exc:
+    except (
+        *_UNREACHABLE,
+        RedisError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise _unreachable("check", exc, Settings()) from None
+    except (UnknownTopic, UnknownChannel, InvalidChannel) as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:
         typer.echo(answer.model_dump_json())
