@@ -46,7 +46,6 @@ def test_one_line_naming_the_dependency(
     answer = run(broken, *args)
     assert answer.returncode == 1, answer.stderr
     lines = answer.stderr.strip().splitlines()
-    assert lines == [
-        f"optout {args[0]}: {named} at 127.0.0.1:{port} did not answer ({lines[0].rsplit('(', 1)[1]}"
-    ]
+    assert len(lines) == 1, answer.stderr
+    assert lines[0].startswith(f"optout {args[0]}: {named} at 127.0.0.1:{port} did not answer (")
     assert "u:p" not in answer.stderr
