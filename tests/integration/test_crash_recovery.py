@@ -7,6 +7,7 @@ independent oracle's state, every command has its outcome, and nothing was appli
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -77,3 +78,48 @@ async def test_partitions_move_between_workers(settings: Settings, tmp_path: Pat
         stop(first)
         if second is not None:
             stop(second)
+
+
+async def test_three_workers_one_killed_partitions_move_and_lag_drains(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Scale-out on one machine: three workers share six partitions; one is SIGKILLed and its
+    partitions move to the others; every command gets its outcome once, and the lag drains."""
+    from service.adapters.kafka.lag import group_lag
+
+    settings = settings.model_copy(
+        update={"batch_max_records": 50, "topic_partitions": 6, "log_format": "json"}
+    )
+    stream = random_stream(seed=23, n=1200, subjects=60)
+    workers = [start_worker(settings, tmp_path / f"worker{i}.log", free_port()) for i in range(3)]
+    try:
+        async with ContractClient(settings) as client:
+            producing = asyncio.create_task(produce(client, stream))
+            await client.wait_for(lambda: len(client.outcomes) >= 300, 90)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait(10)
+            await producing
+            await client.wait_for(lambda: len(client.outcomes) == len(stream), 180)
+            await assert_matches_oracle(settings, client, stream)
+            for _ in range(60):
+                lag = await group_lag(
+                    settings.kafka_bootstrap, settings.consumer_group, settings.topic_commands
+                )
+                if sum(p.lag_records for p in lag) == 0:
+                    break
+                await asyncio.sleep(1)
+            assert sum(p.lag_records for p in lag) == 0
+            assert len(lag) == 6
+        # The survivors hold every partition between them: the killed worker's moved.
+        final: set[int] = set()
+        for survivor in (1, 2):
+            assigned = [
+                json.loads(line)["partitions"]
+                for line in (tmp_path / f"worker{survivor}.log").read_text().splitlines()
+                if '"partitions_assigned"' in line
+            ]
+            final.update(assigned[-1])
+        assert final == set(range(6))
+    finally:
+        for worker in workers:
+            stop(worker)
