@@ -12,8 +12,7 @@ from datetime import timedelta
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
@@ -25,8 +24,8 @@ from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork
 from service.adapters.read_path import build_decisions
-from service.adapters.redis_cache import RedisStateCache
-from service.adapters.redis_client import create_redis, eviction_problem
+from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
 from service.application.health import Readiness
 from service.application.process_commands import ProcessCommands
@@ -51,21 +50,20 @@ class Container:
     settings: Settings
     catalog: Catalog
     pool: asyncpg.Pool
-    redis: Redis
+    redis: RedisClient
     readiness: Readiness
     decisions: DecisionService
     worker_state: WorkerState | None = None
 
 
 def decisions_for(
-    settings: Settings, catalog: Catalog, pool: asyncpg.Pool, redis: Redis
+    settings: Settings, catalog: Catalog, pool: asyncpg.Pool, redis: RedisClient
 ) -> DecisionService:
     return build_decisions(
         catalog,
         pool,
         redis,
         redis_prefix=settings.redis_prefix,
-        cache_ttl_seconds=settings.cache_ttl_seconds,
         fill_ttl_seconds=settings.cache_fill_ttl_seconds,
         unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
     )
@@ -91,10 +89,10 @@ async def build_container(
         settings.database_dsn, settings.database_schema, settings.database_pool_size
     )
     stack.push_async_callback(pool.close)
-    redis = create_redis(settings.redis_dsn)
+    redis = create_redis(settings.redis_dsn, cluster=settings.redis_cluster)
     stack.push_async_callback(redis.aclose)
     catalog = configured_catalog(settings.catalog_file)
-    with suppress(RedisError, OSError):
+    with suppress(RedisError, RedisClusterException, OSError):
         if (problem := await eviction_problem(redis)) is not None:
             log.error("redis_eviction_policy_unsafe", detail=problem)
     readiness = Readiness()
@@ -106,7 +104,7 @@ async def build_container(
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
 
     async def redis_probe() -> str | None:
-        if not await redis.ping():
+        if not await ping(redis):
             return "no PONG"
         return await eviction_problem(redis)
 
@@ -136,7 +134,7 @@ async def _start_worker(
     pool = container.pool
     process = ProcessCommands(
         lambda: PostgresCommandUnitOfWork(pool),
-        RedisStateCache(container.redis, settings.redis_prefix, settings.cache_ttl_seconds),
+        state_cache(container.redis, settings.redis_prefix, settings.cache_ttl_seconds),
         publisher,
         container.catalog,
         max_record_bytes=settings.max_record_bytes,

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -139,6 +139,114 @@ def throwaway_redis(port: int) -> Iterator[ThrowawayRedis]:
     instance = ThrowawayRedis(port=port, directory=directory)
     instance.start()
     try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class ThrowawayRedisCluster:
+    """Three primaries, no replicas: every hash slot has an owner, so the cluster answers
+    ``cluster_state:ok`` and the client spreads keys over three servers as in production.
+
+    Each node gets its cluster-bus port explicitly (``--cluster-port``): the default, port +
+    10000, can fall outside the port range for the ephemeral ports tests pick.
+    """
+
+    ports: Sequence[int]
+    bus_ports: Sequence[int]
+    directory: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
+            node_dir = self.directory / str(port)
+            node_dir.mkdir()
+            process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(bus_port),
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--dir",
+                    str(node_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.processes.append(process)
+            _wait_for_port(port, process, "redis cluster node", within_s=10)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self._wait_until_ok(within_s=30)
+
+    def _wait_until_ok(self, *, within_s: float) -> None:
+        """Slots are assigned at once, but each node must also see the others before it
+        serves keys: wait until every node reports the cluster healthy."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if all(self._state_ok(port) for port in self.ports):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("throwaway redis cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _state_ok(port: int) -> bool:
+        found = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return "cluster_state:ok" in found.stdout
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait(10)
+        self.processes = []
+
+
+@contextmanager
+def throwaway_redis_cluster(
+    ports: Sequence[int], bus_ports: Sequence[int]
+) -> Iterator[ThrowawayRedisCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="optout-redis-cluster-"))
+    instance = ThrowawayRedisCluster(ports=ports, bus_ports=bus_ports, directory=directory)
+    try:
+        instance.start()
         yield instance
     finally:
         instance.stop()
