@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 
 from service.bootstrap import run_migrations
@@ -33,8 +35,22 @@ def _settings() -> Settings:
 @app.command()
 def migrate() -> None:
     """Apply the PostgreSQL migrations that are not applied yet (safe to repeat)."""
-    applied = asyncio.run(run_migrations(_settings()))
+    try:
+        applied = asyncio.run(run_migrations(_settings()))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # One line naming the failure, never a traceback: a deployment's migration job shows
+        # it as it is. Never the driver's message either, which can quote the DSN's user.
+        typer.echo(f"optout migrate: PostgreSQL could not be reached ({_why(exc)})", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def _why(exc: BaseException) -> str:
+    """The exception's type, and for a refused certificate OpenSSL's reason (it names no
+    data: "unable to get local issuer certificate", "Hostname mismatch…")."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{type(exc).__name__}: {exc.verify_message}"
+    return type(exc).__name__
 
 
 @app.command()

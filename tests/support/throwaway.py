@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +32,12 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 @dataclass
 class ThrowawayPostgres:
+    """``settings`` are extra server settings (``-c name=value``), e.g. ``ssl=on``."""
+
     port: int
     data: Path
     bindir: Path
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -51,14 +54,21 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.data.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
+        opts += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._ctl("-o", opts, "-l", str(self.data.parent / "log"), "-w", "start")
 
     def stop(self) -> None:
         self._ctl("-m", "immediate", "-w", "stop")
 
+    def reload(self) -> None:
+        """Re-read pg_hba.conf (and the other reloadable files) without a restart."""
+        self._ctl("reload")
+
 
 @contextmanager
-def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres(
+    port: int, settings: Mapping[str, str] | None = None
+) -> Iterator[ThrowawayPostgres]:
     root = Path(tempfile.mkdtemp(prefix="optout-pg-", dir="/var/tmp"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -71,7 +81,7 @@ def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
         timeout=120,
         cwd="/",
     )
-    instance = ThrowawayPostgres(port=port, data=data, bindir=bindir)
+    instance = ThrowawayPostgres(port=port, data=data, bindir=bindir, settings=settings or {})
     instance.start()
     try:
         yield instance
