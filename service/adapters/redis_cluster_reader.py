@@ -26,7 +26,7 @@ T = TypeVar("T")
 # KEYS = subject keys of one slot; ARGV[1] = the tail that marks an encoded state without
 # rules, or "" to return every state in full. Answers per key as the standalone bulk read:
 # the encoded state, 1 for a state without rules (when asked), or false for a miss.
-_SLOT_HGET = """
+SLOT_HGET = """
 local empty = ARGV[1]
 local cut = -string.len(empty)
 local out = {}
@@ -56,7 +56,7 @@ class ClusterStateReader:
     def __init__(self, redis: RedisCluster, cache: ClusterStateCache) -> None:
         self._redis = redis
         self._cache = cache
-        self._bulk = PerSlotScript(redis, _SLOT_HGET, args_per_key=0, merge=_concatenated)
+        self._bulk = PerSlotScript(redis, SLOT_HGET, args_per_key=0, merge=_concatenated)
         self._memo = RulesMemo()
 
     async def read_one(self, key: SubjectKey) -> SubjectState | None:
