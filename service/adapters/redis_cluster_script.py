@@ -38,7 +38,7 @@ class SlotCall:
 
 
 class PerSlotScript:
-    """``merge`` combines the answers of the one-key calls a refused call is split into
+    """``merge`` turns the answers of the one-key calls a refused call was split into back
     into the answer the whole call would have given (a sum of counts, a concatenation)."""
 
     def __init__(

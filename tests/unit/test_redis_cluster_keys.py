@@ -8,7 +8,7 @@ included, with the server's own slot function (redis-py's ``key_slot``).
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -42,6 +42,8 @@ def test_bucket_tags_sit_on_evenly_spaced_slots() -> None:
     assert [key_slot(tag.encode()) for tag in tags] == [b * step for b in range(BUCKETS)]
 
 
+# No deadline: the first example computes the bucket tags (once per process).
+@settings(deadline=None)
 @given(prefixes, subjects)
 def test_a_key_is_the_standalone_key_with_its_bucket_tag(prefix: str, subject: SubjectKey) -> None:
     key = cluster_state_key(prefix, subject)
@@ -53,6 +55,7 @@ def test_a_key_is_the_standalone_key_with_its_bucket_tag(prefix: str, subject: S
     assert slot(key) == key_slot(tag.encode())
 
 
+@settings(deadline=None)
 @given(prefixes, st.lists(subjects, max_size=60))
 def test_keys_by_slot_puts_each_group_in_one_slot_and_every_key_in_one_group(
     prefix: str, batch: list[SubjectKey]
