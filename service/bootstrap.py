@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from service.adapters.catalog_file import configured_catalog
@@ -31,8 +30,8 @@ from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
-from service.adapters.redis_cache import RedisStateCache
-from service.adapters.redis_client import create_redis, eviction_problem
+from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
 from service.application.isolation import IsolatingProcessor
@@ -59,7 +58,7 @@ class Container:
     settings: Settings
     catalog: Catalog
     pool: asyncpg.Pool
-    redis: Redis
+    redis: RedisClient
     readiness: Readiness
     decisions: DecisionService
     metrics: PrometheusMetrics = field(default_factory=PrometheusMetrics)
@@ -74,7 +73,7 @@ def decisions_for(
     settings: Settings,
     catalog: Catalog,
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     telemetry: ReadTelemetry = NO_TELEMETRY,
 ) -> DecisionService:
     return build_decisions(
@@ -82,7 +81,6 @@ def decisions_for(
         pool,
         redis,
         redis_prefix=settings.redis_prefix,
-        cache_ttl_seconds=settings.cache_ttl_seconds,
         fill_ttl_seconds=settings.cache_fill_ttl_seconds,
         unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
         telemetry=telemetry,
@@ -112,10 +110,10 @@ async def build_container(
         settings.database_dsn, settings.database_schema, settings.database_pool_size
     )
     stack.push_async_callback(pool.close)
-    redis = create_redis(settings.redis_dsn)
+    redis = create_redis(settings.redis_dsn, cluster=settings.redis_cluster)
     stack.push_async_callback(redis.aclose)
     catalog = configured_catalog(settings.catalog_file)
-    with suppress(RedisError, OSError):
+    with suppress(RedisError, RedisClusterException, OSError):
         if (problem := await eviction_problem(redis)) is not None:
             log.error("redis_eviction_policy_unsafe", detail=problem)
     readiness = Readiness()
@@ -135,7 +133,7 @@ async def build_container(
         return None if await pool.fetchval("SELECT 1") == 1 else "unexpected answer"
 
     async def redis_probe() -> str | None:
-        if not await redis.ping():
+        if not await ping(redis):
             return "no PONG"
         return await eviction_problem(redis)
 
@@ -246,7 +244,7 @@ async def _start_worker(
     pool = container.pool
     commands = ProcessCommands(
         lambda: PostgresCommandUnitOfWork(pool),
-        RedisStateCache(container.redis, settings.redis_prefix, settings.cache_ttl_seconds),
+        state_cache(container.redis, settings.redis_prefix, settings.cache_ttl_seconds),
         publisher,
         container.catalog,
         max_record_bytes=settings.max_record_bytes,

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_schema: str = Field(default="optout", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     database_pool_size: int = Field(default=6, ge=1, le=100)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:56379/0")
+    # Redis Cluster instead of a standalone server: the URL names any one node, the client
+    # discovers the others; the cache then runs its scripts once per hash slot.
+    redis_cluster: bool = False
     redis_prefix: str = Field(default="optout", min_length=1)
     cache_ttl_seconds: int = Field(default=0, ge=0)
 

@@ -22,8 +22,9 @@ from service.domain.model import SubjectKey, SubjectState
 
 # KEYS = subject keys; ARGV = a version, an encoded state and a ttl in seconds (0 = none,
 # which also lifts an expiry the read path set) per key. One script call per batch: Redis
-# runs it atomically, and the client packs one command instead of one per subject.
-_CAS_SCRIPT = """
+# runs it atomically, and the client packs one command instead of one per subject. Redis
+# Cluster runs the same script once per hash slot (``redis_cluster_cache``).
+CAS_SCRIPT = """
 local written = 0
 for i, key in ipairs(KEYS) do
   local version = tonumber(ARGV[3 * i - 2])
@@ -43,6 +44,12 @@ return written
 """
 
 
+def state_key(prefix: str, subject: SubjectKey) -> str:
+    """The Redis key of a subject's state, the same on a standalone server and a cluster."""
+    # Tenant and subject are joined with a separator they cannot contain unescaped.
+    return f"{prefix}:s:{len(subject.tenant)}:{subject.tenant}:{subject.subject_id}"
+
+
 class RedisStateCache:
     """`ttl_seconds` for states with rules (0: no expiry); `unknown_ttl_seconds` for subjects
     the service has never heard of (version 0), which the read path caches so a campaign
@@ -57,11 +64,10 @@ class RedisStateCache:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._unknown_ttl = unknown_ttl_seconds or ttl_seconds
-        self._cas = redis.register_script(_CAS_SCRIPT)
+        self._cas = redis.register_script(CAS_SCRIPT)
 
     def key(self, subject: SubjectKey) -> str:
-        # Tenant and subject are joined with a separator they cannot contain unescaped.
-        return f"{self._prefix}:s:{len(subject.tenant)}:{subject.tenant}:{subject.subject_id}"
+        return state_key(self._prefix, subject)
 
     async def write(self, states: Iterable[SubjectState]) -> int:
         """Store each state unless a newer one is cached; one round trip for all of them.

@@ -3,18 +3,41 @@
 The cache is only a cache: any key may be evicted, and a miss is read from PostgreSQL. What
 must never happen is Redis refusing the worker's writes because memory is full, which it
 does under `maxmemory` with `noeviction` (the default) or a `volatile-*` policy, since the
-worker's keys carry no expiry. So with a memory limit the policy must be `allkeys-*`.
+worker's keys carry no expiry. So with a memory limit the policy must be `allkeys-*`, on
+every primary of a cluster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias, overload
+
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 SAFE_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
+RedisClient: TypeAlias = Redis | RedisCluster
 
-def create_redis(url: str) -> Redis:
+
+@overload
+def create_redis(url: str, *, cluster: Literal[False] = False) -> Redis: ...
+@overload
+def create_redis(url: str, *, cluster: Literal[True]) -> RedisCluster: ...
+@overload
+def create_redis(url: str, *, cluster: bool) -> RedisClient: ...
+def create_redis(url: str, *, cluster: bool = False) -> RedisClient:
+    """A standalone client, or with ``cluster`` a Redis Cluster client that discovers every
+    node from the one in the URL (``OPTOUT_REDIS_CLUSTER``)."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+        )
     return Redis.from_url(
         url,
         decode_responses=False,
@@ -24,16 +47,34 @@ def create_redis(url: str) -> Redis:
     )
 
 
-async def eviction_problem(redis: Redis) -> str | None:
+async def ping(redis: RedisClient) -> bool:
+    """PONG from the server, or from every primary of a cluster (a cluster missing one
+    cannot serve that primary's keys)."""
+    if isinstance(redis, RedisCluster):
+        return bool(await redis.ping(target_nodes=RedisCluster.PRIMARIES))
+    return bool(await redis.ping())
+
+
+async def eviction_problem(redis: RedisClient) -> str | None:
     """Why Redis could refuse the worker's writes when full, or None when it cannot.
 
     A server that does not allow CONFIG (some managed offerings) cannot be checked; that is
     not an error, the README tells operators what to set.
     """
     try:
-        found = await redis.config_get("maxmemory", "maxmemory-policy")
+        if not isinstance(redis, RedisCluster):
+            return _problem(await redis.config_get("maxmemory", "maxmemory-policy"))
+        await redis.initialize()
+        for node in redis.get_primaries():
+            found = await redis.config_get("maxmemory", "maxmemory-policy", target_nodes=node)
+            if (problem := _problem(found)) is not None:
+                return f"primary {node.name}: {problem}"
     except ResponseError:
         return None
+    return None
+
+
+def _problem(found: Mapping[Any, Any]) -> str | None:
     text = {_text(k): _text(v) for k, v in found.items()}
     limit = int(text.get("maxmemory", "0") or 0)
     policy = text.get("maxmemory-policy", "noeviction")

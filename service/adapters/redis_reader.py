@@ -5,8 +5,8 @@ those commands. Here a bulk read is one script call per chunk of subject ids tha
 the ids as a single length-prefixed argument and builds the keys inside Redis, so the client
 packs three arguments instead of one per id.
 
-The script touches keys it was not given in KEYS: fine on a standalone Redis (the one the
-service deploys), not on Redis Cluster, where the bulk read would need per-slot grouping.
+The script touches keys it was not given in KEYS: fine on a standalone Redis, not on Redis
+Cluster, which has its own reader grouping keys by hash slot (``redis_cluster_reader``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ return out
 # What ``encode_state`` writes for a subject with no rules (the most common cached state in
 # a campaign): recognised without a JSON parse. Anything else takes the codec's path.
 _EMPTY_HEAD = b'{"v":'
-_EMPTY_TAIL = b',"r":[]}'
+EMPTY_TAIL = b',"r":[]}'
 
 
 NO_RULES: Rules = MappingProxyType({})
@@ -64,14 +64,14 @@ NO_RULES: Rules = MappingProxyType({})
 def _is_empty(raw: bytes) -> bool:
     return (
         raw.startswith(_EMPTY_HEAD)
-        and raw.endswith(_EMPTY_TAIL)
-        and raw[len(_EMPTY_HEAD) : -len(_EMPTY_TAIL)].isdigit()
+        and raw.endswith(EMPTY_TAIL)
+        and raw[len(_EMPTY_HEAD) : -len(EMPTY_TAIL)].isdigit()
     )
 
 
 def decode(key: SubjectKey, raw: bytes) -> SubjectState:
     if _is_empty(raw):
-        return SubjectState(key, int(raw[len(_EMPTY_HEAD) : -len(_EMPTY_TAIL)]), {})
+        return SubjectState(key, int(raw[len(_EMPTY_HEAD) : -len(EMPTY_TAIL)]), {})
     return decode_state(key, raw)
 
 
@@ -145,7 +145,7 @@ class RedisStateReader:
 
     async def read_many_rules(self, tenant: str, subject_ids: Sequence[str]) -> list[Rules | None]:
         """Like ``read_many``, rules only: what a campaign-sized filter can afford to build."""
-        return await self._read(tenant, subject_ids, self._memo.decode, _EMPTY_TAIL)
+        return await self._read(tenant, subject_ids, self._memo.decode, EMPTY_TAIL)
 
     async def _read_chunk(
         self, base: str, subject_ids: Sequence[str], empty_tail: bytes

@@ -61,7 +61,7 @@ class OptoutClient:
                 settings.database_dsn, settings.database_schema, settings.database_pool_size
             )
             stack.push_async_callback(pool.close)
-            redis = create_redis(settings.redis_dsn)
+            redis = create_redis(settings.redis_dsn, cluster=settings.redis_cluster)
             stack.push_async_callback(redis.aclose)
             catalog = configured_catalog(settings.catalog_file)
             local: LocalCache | None = None
@@ -86,7 +86,6 @@ class OptoutClient:
                 pool,
                 redis,
                 redis_prefix=settings.redis_prefix,
-                cache_ttl_seconds=settings.cache_ttl_seconds,
                 fill_ttl_seconds=settings.cache_fill_ttl_seconds,
                 unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
                 local=local,

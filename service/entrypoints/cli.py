@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,7 +50,7 @@ def _unreachable(command: str, exc: BaseException, settings: Settings) -> typer.
         where = f"Redis at {_host_port(settings.redis_dsn)}"
     else:
         where = "a dependency"
-    typer.echo(f"optout {command}: {where} did not answer ({type(exc).__name__})", err=True)
+    typer.echo(f"optout {command}: {where} did not answer ({_why(exc)})", err=True)
     return typer.Exit(1)
 
 
@@ -64,9 +65,18 @@ def migrate() -> None:
     settings = _settings()
     try:
         applied = asyncio.run(run_migrations(settings))
-    except (*_UNREACHABLE, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+    except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # Never the driver's message: it can quote the DSN's user.
         raise _unreachable("migrate", exc, settings) from None
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def _why(exc: BaseException) -> str:
+    """The exception's type, and for a refused certificate OpenSSL's reason (it names no
+    data: "unable to get local issuer certificate", "Hostname mismatch…")."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{type(exc).__name__}: {exc.verify_message}"
+    return type(exc).__name__
 
 
 @app.command()

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -32,9 +32,12 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 @dataclass
 class ThrowawayPostgres:
+    """``settings`` are extra server settings (``-c name=value``), e.g. ``ssl=on``."""
+
     port: int
     data: Path
     bindir: Path
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -51,14 +54,21 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.data.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
+        opts += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._ctl("-o", opts, "-l", str(self.data.parent / "log"), "-w", "start")
 
     def stop(self) -> None:
         self._ctl("-m", "immediate", "-w", "stop")
 
+    def reload(self) -> None:
+        """Re-read pg_hba.conf (and the other reloadable files) without a restart."""
+        self._ctl("reload")
+
 
 @contextmanager
-def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres(
+    port: int, settings: Mapping[str, str] | None = None
+) -> Iterator[ThrowawayPostgres]:
     root = Path(tempfile.mkdtemp(prefix="optout-pg-", dir="/var/tmp"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -71,7 +81,7 @@ def throwaway_postgres(port: int) -> Iterator[ThrowawayPostgres]:
         timeout=120,
         cwd="/",
     )
-    instance = ThrowawayPostgres(port=port, data=data, bindir=bindir)
+    instance = ThrowawayPostgres(port=port, data=data, bindir=bindir, settings=settings or {})
     instance.start()
     try:
         yield instance
@@ -139,6 +149,114 @@ def throwaway_redis(port: int) -> Iterator[ThrowawayRedis]:
     instance = ThrowawayRedis(port=port, directory=directory)
     instance.start()
     try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class ThrowawayRedisCluster:
+    """Three primaries, no replicas: every hash slot has an owner, so the cluster answers
+    ``cluster_state:ok`` and the client spreads keys over three servers as in production.
+
+    Each node gets its cluster-bus port explicitly (``--cluster-port``): the default, port +
+    10000, can fall outside the port range for the ephemeral ports tests pick.
+    """
+
+    ports: Sequence[int]
+    bus_ports: Sequence[int]
+    directory: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
+            node_dir = self.directory / str(port)
+            node_dir.mkdir()
+            process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(bus_port),
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--dir",
+                    str(node_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.processes.append(process)
+            _wait_for_port(port, process, "redis cluster node", within_s=10)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self._wait_until_ok(within_s=30)
+
+    def _wait_until_ok(self, *, within_s: float) -> None:
+        """Slots are assigned at once, but each node must also see the others before it
+        serves keys: wait until every node reports the cluster healthy."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if all(self._state_ok(port) for port in self.ports):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("throwaway redis cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _state_ok(port: int) -> bool:
+        found = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return "cluster_state:ok" in found.stdout
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait(10)
+        self.processes = []
+
+
+@contextmanager
+def throwaway_redis_cluster(
+    ports: Sequence[int], bus_ports: Sequence[int]
+) -> Iterator[ThrowawayRedisCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="optout-redis-cluster-"))
+    instance = ThrowawayRedisCluster(ports=ports, bus_ports=bus_ports, directory=directory)
+    try:
+        instance.start()
         yield instance
     finally:
         instance.stop()

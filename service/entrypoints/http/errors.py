@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -25,8 +25,10 @@ from service.entrypoints.http.models import ErrorOut
 log = structlog.get_logger(__name__)
 
 # What PostgreSQL and Redis raise when they do not answer; the caller may retry later.
+# Redis Cluster's client raises its own family when no node answers for a slot.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     RedisError,
+    RedisClusterException,
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
