@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -171,10 +172,16 @@ async def test_verify_full_with_another_ca_fails_with_one_clear_error(
     # No fallback to a connection without verification, no retry: the refused certificate.
     with pytest.raises(ssl.SSLCertVerificationError):
         await run_migrations(own)
-    with pytest.raises(ssl.SSLCertVerificationError):
-        await Service(own, with_worker=True).__aenter__()
-    with pytest.raises(ssl.SSLCertVerificationError):
-        await OptoutClient.connect(own, local_cache=False)
+    # A service starts anyway (as during an outage) and says why it is not ready.
+    base = f"http://127.0.0.1:{own.http_port}"
+    async with Service(own, with_worker=False), httpx.AsyncClient(base_url=base) as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["postgresql"].startswith("SSLCertVerificationError")
+    # The SDK connects lazily: its first PostgreSQL read refuses the certificate.
+    async with await OptoutClient.connect(own, local_cache=False) as sdk:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await sdk.is_allowed("never-cached-tls", "reminders", "sms")
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("optout")),
         "migrate",
