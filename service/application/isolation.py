@@ -109,6 +109,7 @@ class IsolatingProcessor:
         self._telemetry.poison_record(refusing_dependency(failure))
         log.error(
             "record_isolated",
+            command_id=self._command_id(record),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -122,12 +123,22 @@ class IsolatingProcessor:
             self._raise_if_unavailable(exc)
             log.error(
                 "record_rejection_not_stored",
+                command_id=self._command_id(record),
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
                 error=failure_name(exc),
             )
         await self._publish_unstored(record, failure)
+
+    def _command_id(self, record: RawRecord) -> str | None:
+        """The record's command id for the log line, when it has a readable one."""
+        decoded = decode_command(record.value, _delivery(record), max_bytes=self._max_record_bytes)
+        if isinstance(decoded, Received):
+            return decoded.command.command_id
+        if isinstance(decoded, DeadLetter):
+            return None
+        return decoded.command_id
 
     async def _publish_unstored(self, record: RawRecord, failure: str) -> None:
         """Even storing the rejection failed: answer anyway, from what the record says."""
