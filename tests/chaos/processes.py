@@ -1,0 +1,123 @@
+"""The service's processes as the suite runs them: workers to kill, and one HTTP API.
+
+Workers are real `optout worker` processes (``tests.support.oracle.start_worker``); the API
+is a real `optout api` process with a read token. Each writes its log under the run's
+directory; nothing is stopped by name, only by the process handles kept here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from service.settings import Settings
+from tests.support.oracle import start_worker, worker_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes], within_s: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(within_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass
+class WorkerPool:
+    settings: Settings
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started: int = 0
+    kills: int = 0
+
+    def start(self, name: str | None = None) -> str:
+        self.started += 1
+        name = name or f"w{self.started}"
+        self.processes[name] = start_worker(
+            self.settings, self.log_dir / f"worker-{name}.log", free_port()
+        )
+        return name
+
+    def live(self) -> list[str]:
+        return [n for n, p in self.processes.items() if p.poll() is None]
+
+    def dead_unexpectedly(self) -> list[str]:
+        return [n for n, p in self.processes.items() if p.poll() is not None]
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        self.kills += 1
+
+    def stop(self, name: str) -> None:
+        _stop(self.processes.pop(name))
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+
+@dataclass
+class ApiProcess:
+    """`optout api` with one read token; answers GET /v1/subjects/{id}/check."""
+
+    settings: Settings
+    log_dir: Path
+    token: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = worker_env(self.settings)
+        env["OPTOUT_HTTP_PORT"] = str(self.port)
+        env["OPTOUT_API_TOKENS"] = f"chaos:{self.token}:read"
+        with open(self.log_dir / "api.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "service.entrypoints.cli", "api"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=os.getcwd(),
+            )
+
+    async def start(self) -> None:
+        self.process = self._spawn()
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError("optout api exited at start (see api.log)")
+                try:
+                    if (await http.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("optout api did not answer /healthz within 60 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
