@@ -37,6 +37,10 @@ class UnknownChannel(CatalogLookupError):
     """Asked about a channel outside the catalog: answering with a default would hide a typo."""
 
 
+class InvalidTopic(CatalogLookupError):
+    """A topic that cannot be asked for here: a mandatory one cannot be unsubscribed from."""
+
+
 class InvalidChannel(CatalogLookupError):
     """A channel that cannot go with the topic asked about.
 
@@ -296,3 +300,16 @@ def parse_catalog(document: Mapping[str, Any]) -> Catalog:
             raise CatalogError(f"topic {name!r}: title and description must be text")
         specs[name] = TopicSpec(name, default_allowed, mandatory, data_use, title, description)
     return Catalog(channels=frozenset(channels), topics=specs, channel_titles=channel_titles)
+
+
+def link_problem(catalog: Catalog, topic: str, channel: str) -> None:
+    """Refuse an unsubscribe link the worker would refuse to act on: a name outside the
+    catalog, a mandatory topic, or a data use on a message channel."""
+    if topic != WILDCARD and topic not in catalog.topics:
+        raise UnknownTopic(f"unknown topic {topic!r}")
+    if channel != WILDCARD and channel not in catalog.channels:
+        raise UnknownChannel(f"unknown channel {channel!r}")
+    if topic != WILDCARD and catalog.is_mandatory(topic):
+        raise InvalidTopic(f"{topic!r} is mandatory: it cannot be unsubscribed from")
+    if topic != WILDCARD and channel != WILDCARD and catalog.is_data_use(topic):
+        raise InvalidChannel(f"data-use topic {topic!r} takes channel '*' only")

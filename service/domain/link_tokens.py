@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 VERSION = "v1"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -100,6 +101,17 @@ class LinkSigner:
         signed = f"{VERSION}.{self.signing_key_id}.{_b64(body)}"
         return f"{signed}.{_b64(_mac(self._keys[self.signing_key_id], signed))}"
 
+    def tag(self, purpose: str, text: str) -> str:
+        """A MAC of ``text`` for one purpose (a form's CSRF field), with the signing key.
+
+        Another purpose, or a token with another claim, never gets the same tag.
+        """
+        key = self._keys[self.signing_key_id]
+        return _b64(_mac(key, f"{purpose}:{_b64(text.encode())}"))
+
+    def check_tag(self, purpose: str, text: str, tag: str) -> bool:
+        return hmac.compare_digest(self.tag(purpose, text).encode(), tag.encode("utf-8", "replace"))
+
     def verify(self, token: str, *, now: int) -> LinkClaim:
         """The claim of a genuine, unexpired token; ``LinkTokenError`` otherwise."""
         parts = token.split(".")
@@ -150,3 +162,29 @@ def parse_keys(spec: str) -> dict[str, bytes]:
             raise ValueError(f"{where}: duplicate key id")
         keys[key_id] = secret.encode()
     return keys
+
+
+def signer_from(keys_spec: str, signing_key_id: str, validity_seconds: int) -> LinkSigner | None:
+    """The signer of a ``KEY_ID:SECRET,...`` setting (the first key signs unless one is
+    named), or None when no key is configured."""
+    keys = parse_keys(keys_spec)
+    if not keys:
+        return None
+    return LinkSigner(keys, signing_key_id or next(iter(keys)), validity_seconds=validity_seconds)
+
+
+ONE_CLICK_POST = "List-Unsubscribe=One-Click"
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeLink:
+    """The URL and the two RFC 8058 header values a sender puts on its mail."""
+
+    url: str
+    list_unsubscribe: str
+    list_unsubscribe_post: str
+
+
+def unsubscribe_link(signer: LinkSigner, base_url: str, claim: LinkClaim) -> UnsubscribeLink:
+    url = f"{base_url.rstrip('/')}/u/{quote(signer.sign(claim), safe='')}"
+    return UnsubscribeLink(url, f"<{url}>", ONE_CLICK_POST)

@@ -17,6 +17,7 @@ import uvicorn
 
 from service.bootstrap import Container, build_container
 from service.entrypoints.http.app import build_http_app
+from service.entrypoints.http.channels import ChannelsConfig, load_texts
 from service.entrypoints.http.security import Authenticator, parse_tokens
 from service.settings import Settings
 
@@ -70,6 +71,7 @@ class Service:
                 max_body_bytes=self.settings.http_max_body_bytes,
                 liveness=self.container.liveness,
                 metrics_registry=self.container.metrics.registry,
+                channels=self._channels(self.container),
             )
             config = uvicorn.Config(
                 app,
@@ -95,6 +97,24 @@ class Service:
             http=f"http://{self.settings.http_host}:{self.settings.http_port}",
         )
         return self
+
+    def _channels(self, container: Container) -> ChannelsConfig | None:
+        if container.channels is None:
+            return None
+        settings = self.settings
+        if container.channels.signer is None:
+            log.warning("links_no_keys", detail="OPTOUT_LINK_KEYS is empty: link pages answer 400")
+        return ChannelsConfig(
+            intake=container.channels.intake,
+            decisions=container.decisions,
+            signer=container.channels.signer,
+            public_base_url=settings.public_base_url,
+            support_contact=settings.support_contact,
+            sms_auth_token=settings.sms_auth_token.get_secret_value().encode(),
+            sms_default_region=settings.sms_default_region,
+            page_outcome_wait_seconds=settings.page_outcome_wait_seconds,
+            texts=load_texts(),
+        )
 
     async def _until_serving(self) -> None:
         assert self._server is not None
