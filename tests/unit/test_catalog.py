@@ -71,7 +71,9 @@ def test_lookups() -> None:
     assert DEFAULT_CATALOG.is_data_use("data.sale")
     assert DEFAULT_CATALOG.channels_for("data.sale") == ("*",)
     assert "email" in DEFAULT_CATALOG.channels_for("marketing")
-    assert DEFAULT_CATALOG.spec("reminders") == TopicSpec("reminders", True, False, False, "Reminders")
+    assert DEFAULT_CATALOG.spec("reminders") == TopicSpec(
+        "reminders", True, False, False, "Reminders"
+    )
     with pytest.raises(UnknownTopic):
         DEFAULT_CATALOG.spec("nope")
     with pytest.raises(UnknownTopic):

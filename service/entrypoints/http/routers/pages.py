@@ -210,7 +210,12 @@ async def _already_out(channels: ChannelsConfig, key: SubjectKey, claim: LinkCla
     topics = (
         [claim.topic]
         if claim.topic != WILDCARD
-        else [t for t in catalog.topics if not catalog.is_mandatory(t)]
+        else [
+            t
+            for t in catalog.topics
+            if not catalog.is_mandatory(t)
+            and (claim.channel == WILDCARD or not catalog.is_data_use(t))
+        ]
     )
     state = await channels.decisions.state(key)
     for topic in topics:
