@@ -150,6 +150,16 @@ async def unsubscribe_page(token: str, channels: Channels) -> Response:
     if isinstance(claim, HTMLResponse):
         return claim
     assert channels.signer is not None
+    if await _already_out(channels, SubjectKey(claim.tenant, claim.subject_id), claim):
+        return _page(
+            "unsubscribed.html",
+            200,
+            state="already",
+            t=channels.texts,
+            token=token,
+            support=channels.support_contact,
+            **_labels(channels, claim),
+        )
     return _page(
         "unsubscribe.html",
         t=channels.texts,
@@ -268,6 +278,7 @@ def _preference_rows(
         message_rows.append(
             {
                 "label": label,
+                "child": "." in topic,
                 "mandatory": mandatory,
                 "reason": reason,
                 "cells": [
