@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Browser, BrowserContext, Page, ViewportSize
 
 from service.client import OptoutClient
 from service.domain.link_tokens import LinkClaim
@@ -30,7 +30,7 @@ from tests.support.channels import (
 
 pytestmark = pytest.mark.integration
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture
