@@ -94,8 +94,10 @@ def link_signer(settings: Settings) -> LinkSigner | None:
     )
 
 
-def channels_enabled(settings: Settings, *, with_worker: bool) -> bool:
-    return settings.channels == "on" or (settings.channels == "auto" and with_worker)
+def channels_enabled(settings: Settings, *, by_default: bool) -> bool:
+    """`auto` leaves it to the command: on for `optout run` (everything in one process),
+    off for `optout worker` and `optout api`, which scale apart (set `on` for the API)."""
+    return settings.channels == "on" or (settings.channels == "auto" and by_default)
 
 
 def decisions_for(
@@ -126,7 +128,11 @@ async def run_migrations(settings: Settings) -> list[str]:
 
 
 async def build_container(
-    settings: Settings, stack: AsyncExitStack, *, with_worker: bool
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    with_worker: bool,
+    channels_by_default: bool = False,
 ) -> Container:
     """The HTTP API's dependencies, and with `with_worker` the consumer and its outputs.
 
@@ -170,7 +176,7 @@ async def build_container(
     readiness.add("postgresql", postgres_probe)
     readiness.add("redis", redis_probe)
     await _report_unreachable(settings, container)
-    if channels_enabled(settings, with_worker=with_worker):
+    if channels_enabled(settings, by_default=channels_by_default):
         container.channels = _channels(settings, container)
         starting_channels = asyncio.create_task(
             _start_channels_when_possible(settings, stack, container.channels, readiness)

@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1_024)
 
     # Channels (command intake, signed links, unsubscribe and preference pages, SMS): they
-    # need a Kafka producer and an outcome follower. `auto`: on with the worker, off for
-    # `optout api` alone (which then opens no Kafka client).
+    # need a Kafka producer and an outcome follower. `auto`: on in `optout run` (all in one
+    # process), off in `optout worker` and `optout api`, which scale apart.
     channels: Literal["auto", "on", "off"] = "auto"
     # KEY_ID:SECRET[,...]: keys that verify signed links (secret); the signing one below.
     link_keys: SecretStr = SecretStr("")

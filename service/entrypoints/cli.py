@@ -114,7 +114,7 @@ def run(
     typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
     typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
     try:
-        asyncio.run(serve(settings, with_worker=True))
+        asyncio.run(serve(settings, with_worker=True, channels_by_default=True))
     finally:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)

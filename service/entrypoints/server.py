@@ -47,9 +47,12 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class Service:
-    def __init__(self, settings: Settings, *, with_worker: bool) -> None:
+    def __init__(
+        self, settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+    ) -> None:
         self.settings = settings
         self.with_worker = with_worker
+        self.channels_by_default = channels_by_default
         self._stack = AsyncExitStack()
         self._server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -59,7 +62,10 @@ class Service:
     async def __aenter__(self) -> Service:
         try:
             self.container = await build_container(
-                self.settings, self._stack, with_worker=self.with_worker
+                self.settings,
+                self._stack,
+                with_worker=self.with_worker,
+                channels_by_default=self.channels_by_default,
             )
             auth = Authenticator(parse_tokens(self.settings.api_tokens.get_secret_value()))
             if not len(auth):
@@ -156,7 +162,9 @@ class Service:
         log.info("service_stopped")
 
 
-async def serve(settings: Settings, *, with_worker: bool) -> None:
+async def serve(
+    settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+) -> None:
     """Run until SIGINT or SIGTERM, then stop consuming, finish the batch and close.
 
     The handlers are installed before uvicorn starts: ``uvicorn.Server.serve`` replaces them
@@ -165,7 +173,7 @@ async def serve(settings: Settings, *, with_worker: bool) -> None:
     which would kill the process before the worker's exit stack unwinds.
     """
     loop = asyncio.get_running_loop()
-    service = Service(settings, with_worker=with_worker)
+    service = Service(settings, with_worker=with_worker, channels_by_default=channels_by_default)
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, service.request_stop)

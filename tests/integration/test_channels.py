@@ -9,6 +9,7 @@ offsets, "it worked" from the SDK, as a sender would see it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -230,7 +231,7 @@ async def test_preference_page_saves_locks_mandatory_topics_and_honours_gpc(
         # (a forged form) changes nothing.
         ticked = {
             name: "1"
-            for name in set(__import__("re").findall(r'name="(allow:[^"]+)"', html))
+            for name in set(re.findall(r'name="(allow:[^"]+)"', html))
             if name != "allow:marketing.newsletter:email" and "security" not in name
         }
         saved = await http.post(path, data={"csrf": csrf_of(html), **ticked})
