@@ -57,9 +57,14 @@ def _unb64(text: str) -> bytes:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
         raise LinkTokenError("malformed")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise LinkTokenError("malformed") from None
+    # Only the canonical spelling: the last character's unused bits would otherwise let
+    # several strings stand for one token.
+    if _b64(raw) != text:
+        raise LinkTokenError("malformed")
+    return raw
 
 
 def _mac(key: bytes, signed: str) -> bytes:

@@ -94,6 +94,13 @@ def test_schema_errors_name_the_field() -> None:
     assert refused.value.field == "command_id"
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI configures logging onto the runner's stream, which is closed afterwards:
+    later tests would log into a closed file."""
+    monkeypatch.setattr("service.entrypoints.cli.configure_logging", lambda *_: None)
+
+
 def test_optout_link_prints_the_url_and_both_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPTOUT_LINK_KEYS", f"k1:{KEY}")
     monkeypatch.setenv("OPTOUT_PUBLIC_BASE_URL", "https://prefs.example.test")
