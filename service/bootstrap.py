@@ -22,6 +22,7 @@ from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.consumer import WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
+from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import read_size_limits
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
@@ -34,10 +35,12 @@ from service.adapters.redis_client import RedisClient, create_redis, eviction_pr
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
+from service.application.intake import CommandIntake
 from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
 from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
+from service.domain.link_tokens import LinkSigner, signer_from
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -67,6 +70,33 @@ class Container:
     output: KafkaOutput | None = None
     worker_started: asyncio.Event = field(default_factory=asyncio.Event)
     worker_first_try: asyncio.Event = field(default_factory=asyncio.Event)
+    channels: Channels | None = None
+
+
+@dataclass
+class Channels:
+    """What the channels (intake, links, pages, SMS) need beyond the read path."""
+
+    intake: CommandIntake
+    follower: OutcomeFollower
+    output: KafkaOutput
+    signer: LinkSigner | None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def link_signer(settings: Settings) -> LinkSigner | None:
+    """The signer of ``OPTOUT_LINK_KEYS``, or None when no key is configured."""
+    return signer_from(
+        settings.link_keys.get_secret_value(),
+        settings.link_signing_key_id,
+        settings.link_validity_seconds,
+    )
+
+
+def channels_enabled(settings: Settings, *, by_default: bool) -> bool:
+    """`auto` leaves it to the command: on for `optout run` (everything in one process),
+    off for `optout worker` and `optout api`, which scale apart (set `on` for the API)."""
+    return settings.channels == "on" or (settings.channels == "auto" and by_default)
 
 
 def decisions_for(
@@ -96,7 +126,11 @@ async def run_migrations(settings: Settings) -> list[str]:
 
 
 async def build_container(
-    settings: Settings, stack: AsyncExitStack, *, with_worker: bool
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    with_worker: bool,
+    channels_by_default: bool = False,
 ) -> Container:
     """The HTTP API's dependencies, and with `with_worker` the consumer and its outputs.
 
@@ -140,6 +174,12 @@ async def build_container(
     readiness.add("postgresql", postgres_probe)
     readiness.add("redis", redis_probe)
     await _report_unreachable(settings, container)
+    if channels_enabled(settings, by_default=channels_by_default):
+        container.channels = _channels(settings, container)
+        starting_channels = asyncio.create_task(
+            _start_channels_when_possible(settings, stack, container.channels, readiness)
+        )
+        stack.push_async_callback(_cancel, starting_channels)
     if with_worker:
         container.worker_state = WorkerState()
         starting = asyncio.create_task(_start_worker_when_possible(settings, stack, container))
@@ -147,6 +187,48 @@ async def build_container(
         # Started before returning when Kafka answers; otherwise it goes on in the background.
         await container.worker_first_try.wait()
     return container
+
+
+def _channels(settings: Settings, container: Container) -> Channels:
+    output = KafkaOutput(
+        settings.kafka_bootstrap, liveness=container.liveness, client_id="optout-intake"
+    )
+    follower = OutcomeFollower(settings.kafka_bootstrap, settings.topic_outcomes)
+    intake = CommandIntake(
+        container.catalog,
+        KafkaCommandSink(output, settings.topic_commands),
+        follower,
+        max_record_bytes=settings.max_record_bytes,
+        max_future=timedelta(seconds=settings.max_future_seconds),
+    )
+    return Channels(intake, follower, output, link_signer(settings))
+
+
+async def _start_channels_when_possible(
+    settings: Settings, stack: AsyncExitStack, channels: Channels, readiness: Readiness
+) -> None:
+    """Start the intake producer and the outcome follower, retrying while Kafka does not
+    answer; `/readyz` names the `intake` check meanwhile."""
+
+    async def intake_probe() -> str | None:
+        if not channels.started.is_set():
+            return "intake not started"
+        return None if channels.follower.running else "outcome follower restarting"
+
+    readiness.add("intake", intake_probe)
+    async for attempt in AsyncRetrying(
+        wait=wait_exponential(multiplier=0.5, max=settings.retry_backoff_max_seconds),
+        retry=retry_if_exception_type(Exception),
+    ):
+        with attempt:
+            async with AsyncExitStack() as trial:
+                await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+                await channels.output.start()
+                trial.push_async_callback(channels.output.stop)
+                await channels.follower.start()
+                trial.push_async_callback(channels.follower.stop)
+                stack.push_async_callback(trial.pop_all().aclose)
+    channels.started.set()
 
 
 async def _drain(state: WorkerState, deadline_seconds: float) -> None:

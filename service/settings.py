@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,23 @@ class Settings(BaseSettings):
     api_tokens: SecretStr = SecretStr("")
     # Larger request bodies are refused (413) before they are read into memory.
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1_024)
+
+    # Channels (command intake, signed links, unsubscribe and preference pages, SMS): they
+    # need a Kafka producer and an outcome follower. `auto`: on in `optout run` (all in one
+    # process), off in `optout worker` and `optout api`, which scale apart.
+    channels: Literal["auto", "on", "off"] = "auto"
+    # KEY_ID:SECRET[,...]: keys that verify signed links (secret); the signing one below.
+    link_keys: SecretStr = SecretStr("")
+    link_signing_key_id: str = ""  # empty: the first key of link_keys
+    link_validity_seconds: int = Field(default=90 * 86_400, ge=60)
+    # Where people reach the pages: the base of every link and of the SMS signature URL.
+    public_base_url: str = "http://127.0.0.1:8080"
+    support_contact: str = "the support team of the sender of the message"
+    # Twilio's auth token, which signs the SMS webhook's requests (secret).
+    sms_auth_token: SecretStr = SecretStr("")
+    sms_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
+    # How long the pages wait for the outcome before they say "received, taking effect".
+    page_outcome_wait_seconds: float = Field(default=2.0, ge=0, le=10)
 
     # Read path: states copied from PostgreSQL into Redis on a miss expire, so ids that
     # were only ever asked about do not stay in Redis for good.

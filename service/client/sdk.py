@@ -9,6 +9,7 @@ cannot disagree with the worker. It loads neither the worker's wiring nor fastst
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
@@ -21,7 +22,15 @@ from service.adapters.redis_client import create_redis
 from service.application.decisions import DecisionService, SubjectPreferences
 from service.client.follower import PreferencesFollower
 from service.client.local_cache import LocalCache
+from service.domain.catalog import Catalog, link_problem
 from service.domain.decision import is_allowed
+from service.domain.link_tokens import (
+    LinkClaim,
+    LinkSigner,
+    UnsubscribeLink,
+    signer_from,
+    unsubscribe_link,
+)
 from service.domain.model import Decision, SubjectKey
 from service.settings import Settings
 
@@ -39,11 +48,13 @@ class OptoutClient:
         local: LocalCache | None,
         follower: PreferencesFollower | None,
         stack: AsyncExitStack,
+        settings: Settings | None = None,
     ) -> None:
         self._decisions = decisions
         self._local = local
         self.follower = follower
         self._stack = stack
+        self._settings = settings or Settings()
 
     @classmethod
     async def connect(
@@ -93,7 +104,7 @@ class OptoutClient:
         except BaseException:
             await stack.aclose()
             raise
-        return cls(decisions, local, follower, stack)
+        return cls(decisions, local, follower, stack, settings)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -132,3 +143,52 @@ class OptoutClient:
     ) -> list[str]:
         """The ids a campaign may send to, in the given order; a few Redis calls in all."""
         return await self._decisions.filter_allowed(tenant, subject_ids, topic, channel)
+
+    def unsubscribe_link(
+        self,
+        subject_id: str,
+        topic: str,
+        channel: str = "email",
+        tenant: str = "default",
+        *,
+        issued_at: int | None = None,
+    ) -> UnsubscribeLink:
+        """A signed one-click unsubscribe link and its ``List-Unsubscribe`` headers.
+
+        Made locally with ``OPTOUT_LINK_KEYS`` (no network call), exactly as ``optout link``
+        and ``POST /v1/links`` make it. Raises ``ValueError`` without keys, for a name the
+        catalog does not know, or for a mandatory topic (it cannot be unsubscribed from).
+        """
+        return make_unsubscribe_link(
+            self._settings,
+            self._decisions.catalog,
+            subject_id,
+            topic,
+            channel,
+            tenant,
+            issued_at=issued_at,
+        )
+
+
+def make_unsubscribe_link(
+    settings: Settings,
+    catalog: Catalog,
+    subject_id: str,
+    topic: str,
+    channel: str = "email",
+    tenant: str = "default",
+    *,
+    issued_at: int | None = None,
+) -> UnsubscribeLink:
+    """The one way links are made (SDK, CLI): checked against the catalog, then signed."""
+    signer: LinkSigner | None = signer_from(
+        settings.link_keys.get_secret_value(),
+        settings.link_signing_key_id,
+        settings.link_validity_seconds,
+    )
+    if signer is None:
+        raise ValueError("no OPTOUT_LINK_KEYS are configured")
+    link_problem(catalog, topic, channel)
+    issued = int(time.time()) if issued_at is None else issued_at
+    claim = LinkClaim(tenant, subject_id, topic, channel, issued)
+    return unsubscribe_link(signer, settings.public_base_url, claim)

@@ -18,7 +18,7 @@ from typing import Any
 from service.domain.model import WILDCARD
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
-_TOPIC_KEYS = frozenset({"default", "mandatory", "data_use"})
+_TOPIC_KEYS = frozenset({"default", "mandatory", "data_use", "title", "description"})
 
 
 class CatalogError(ValueError):
@@ -35,6 +35,10 @@ class UnknownTopic(CatalogLookupError):
 
 class UnknownChannel(CatalogLookupError):
     """Asked about a channel outside the catalog: answering with a default would hide a typo."""
+
+
+class InvalidTopic(CatalogLookupError):
+    """A topic that cannot be asked for here: a mandatory one cannot be unsubscribed from."""
 
 
 class InvalidChannel(CatalogLookupError):
@@ -58,6 +62,13 @@ class TopicSpec:
     default_allowed: bool = True
     mandatory: bool = False
     data_use: bool = False
+    # What a person reads on the unsubscribe and preference pages; the name when unset.
+    title: str = ""
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
 
 _MANDATORY: Callable[[TopicSpec], bool] = attrgetter("mandatory")
@@ -81,11 +92,27 @@ class Catalog:
 
     channels: frozenset[str]
     topics: Mapping[str, TopicSpec] = field(hash=False)
+    # Human names of the channels ("Email", "Text messages (SMS)") for the pages people see.
+    channel_titles: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # A read-only view: the catalog is shared by every worker coroutine and must not drift.
         object.__setattr__(self, "topics", MappingProxyType(dict(self.topics)))
         object.__setattr__(self, "channels", frozenset(self.channels))
+        object.__setattr__(self, "channel_titles", MappingProxyType(dict(self.channel_titles)))
+
+    def channel_label(self, channel: str) -> str:
+        """The channel's human name; `*` reads "every channel"."""
+        if channel == WILDCARD:
+            return "every channel"
+        return self.channel_titles.get(channel, channel)
+
+    def topic_label(self, topic: str) -> str:
+        """The topic's human name; `*` reads "everything"."""
+        if topic == WILDCARD:
+            return "everything"
+        spec = self.topics.get(topic)
+        return topic if spec is None else spec.label
 
     def has_channel(self, name: str) -> bool:
         return name in self.channels
@@ -147,24 +174,54 @@ def _topics(*specs: TopicSpec) -> dict[str, TopicSpec]:
     return {spec.name: spec for spec in specs}
 
 
+DEFAULT_CHANNEL_TITLES = {
+    "email": "Email",
+    "sms": "Text messages (SMS)",
+    "push": "Push notifications",
+    "in_app": "In-app messages",
+    "voice": "Phone calls",
+    "whatsapp": "WhatsApp",
+}
+
 DEFAULT_CATALOG = Catalog(
-    channels=frozenset({"email", "sms", "push", "in_app", "voice", "whatsapp"}),
+    channels=frozenset(DEFAULT_CHANNEL_TITLES),
     topics=_topics(
-        TopicSpec("marketing"),
-        TopicSpec("marketing.newsletter"),
-        TopicSpec("marketing.promotions"),
-        TopicSpec("product"),
-        TopicSpec("product.updates"),
-        TopicSpec("product.tips"),
-        TopicSpec("reminders"),
-        TopicSpec("data.analytics", data_use=True),
-        TopicSpec("data.personalization", data_use=True),
-        TopicSpec("data.sale", data_use=True),
-        TopicSpec("security", mandatory=True),
-        TopicSpec("security.alerts", mandatory=True),
-        TopicSpec("transactional", mandatory=True),
-        TopicSpec("transactional.receipts", mandatory=True),
+        TopicSpec("marketing", title="Marketing"),
+        TopicSpec("marketing.newsletter", title="Newsletter"),
+        TopicSpec("marketing.promotions", title="Promotions and offers"),
+        TopicSpec("product", title="Product news"),
+        TopicSpec("product.updates", title="Product updates"),
+        TopicSpec("product.tips", title="Tips and how-tos"),
+        TopicSpec("reminders", title="Reminders"),
+        TopicSpec("data.analytics", data_use=True, title="Analytics"),
+        TopicSpec("data.personalization", data_use=True, title="Personalization"),
+        TopicSpec("data.sale", data_use=True, title="Sale or sharing of personal data"),
+        TopicSpec(
+            "security",
+            mandatory=True,
+            title="Security",
+            description="Needed to keep your account safe.",
+        ),
+        TopicSpec(
+            "security.alerts",
+            mandatory=True,
+            title="Security alerts",
+            description="Needed to keep your account safe.",
+        ),
+        TopicSpec(
+            "transactional",
+            mandatory=True,
+            title="Transactional messages",
+            description="Needed to deliver what you ordered or asked for.",
+        ),
+        TopicSpec(
+            "transactional.receipts",
+            mandatory=True,
+            title="Receipts",
+            description="Needed to deliver what you ordered or asked for.",
+        ),
     ),
+    channel_titles=DEFAULT_CHANNEL_TITLES,
 )
 
 
@@ -184,7 +241,7 @@ def parse_catalog(document: Mapping[str, Any]) -> Catalog:
     keys, bad defaults, orphan children, empty channels) is a `CatalogError`. Reading the
     file is the adapter's part (``service.adapters.catalog_file``).
     """
-    unknown = set(document) - {"channels", "topics"}
+    unknown = set(document) - {"channels", "topics", "channel_titles"}
     if unknown:
         raise CatalogError(f"unknown top-level keys: {sorted(unknown)}")
     channels = document.get("channels")
@@ -195,6 +252,12 @@ def parse_catalog(document: Mapping[str, Any]) -> Catalog:
             raise CatalogError(f"invalid channel name {channel!r}")
     if len(set(channels)) != len(channels):
         raise CatalogError("channels contain duplicates")
+
+    channel_titles = document.get("channel_titles", {})
+    if not isinstance(channel_titles, dict) or not all(
+        isinstance(v, str) and k in channels for k, v in channel_titles.items()
+    ):
+        raise CatalogError("channel_titles must map catalog channels to text")
 
     raw_topics = document.get("topics", {})
     if not isinstance(raw_topics, dict) or not raw_topics:
@@ -232,5 +295,21 @@ def parse_catalog(document: Mapping[str, Any]) -> Catalog:
             raise CatalogError(f"topic {name!r}: a mandatory topic cannot default to deny")
         if mandatory and data_use:
             raise CatalogError(f"topic {name!r}: a data-use topic cannot be mandatory")
-        specs[name] = TopicSpec(name, default_allowed, mandatory, data_use)
-    return Catalog(channels=frozenset(channels), topics=specs)
+        title, description = table.get("title", ""), table.get("description", "")
+        if not isinstance(title, str) or not isinstance(description, str):
+            raise CatalogError(f"topic {name!r}: title and description must be text")
+        specs[name] = TopicSpec(name, default_allowed, mandatory, data_use, title, description)
+    return Catalog(channels=frozenset(channels), topics=specs, channel_titles=channel_titles)
+
+
+def link_problem(catalog: Catalog, topic: str, channel: str) -> None:
+    """Refuse an unsubscribe link the worker would refuse to act on: a name outside the
+    catalog, a mandatory topic, or a data use on a message channel."""
+    if topic != WILDCARD and topic not in catalog.topics:
+        raise UnknownTopic(f"unknown topic {topic!r}")
+    if channel != WILDCARD and channel not in catalog.channels:
+        raise UnknownChannel(f"unknown channel {channel!r}")
+    if topic != WILDCARD and catalog.is_mandatory(topic):
+        raise InvalidTopic(f"{topic!r} is mandatory: it cannot be unsubscribed from")
+    if topic != WILDCARD and channel != WILDCARD and catalog.is_data_use(topic):
+        raise InvalidChannel(f"data-use topic {topic!r} takes channel '*' only")

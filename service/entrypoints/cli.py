@@ -124,7 +124,7 @@ def run(
     typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
     typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
     try:
-        asyncio.run(serve(settings, with_worker=True))
+        asyncio.run(serve(settings, with_worker=True, channels_by_default=True))
     finally:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
@@ -162,6 +162,47 @@ def check(
         typer.echo(answer.model_dump_json())
     else:
         typer.echo(f"{subject} {topic} {channel}: {answer.reason.explanation}")
+
+
+@app.command()
+def link(
+    subject: Annotated[str, typer.Argument(help="Subject id the link unsubscribes.")],
+    topic: Annotated[str, typer.Option(help="Catalog topic, or * for everything.")] = "*",
+    channel: Annotated[
+        str, typer.Option(help="Catalog channel, or * for every channel.")
+    ] = "email",
+    tenant: Annotated[str, typer.Option(help="Tenant of the subject.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """Print a signed one-click unsubscribe URL and the two mail headers that carry it.
+
+    Made locally with OPTOUT_LINK_KEYS and OPTOUT_PUBLIC_BASE_URL; no service is asked.
+    """
+    from service.adapters.catalog_file import configured_catalog
+    from service.client.sdk import make_unsubscribe_link
+
+    settings = _settings()
+    try:
+        made = make_unsubscribe_link(
+            settings, configured_catalog(settings.catalog_file), subject, topic, channel, tenant
+        )
+    except ValueError as exc:
+        typer.echo(f"optout link: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "url": made.url,
+                    "list_unsubscribe": made.list_unsubscribe,
+                    "list_unsubscribe_post": made.list_unsubscribe_post,
+                }
+            )
+        )
+        return
+    typer.echo(made.url)
+    typer.echo(f"List-Unsubscribe: {made.list_unsubscribe}")
+    typer.echo(f"List-Unsubscribe-Post: {made.list_unsubscribe_post}")
 
 
 @app.command()

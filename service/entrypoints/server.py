@@ -17,6 +17,7 @@ import uvicorn
 
 from service.bootstrap import Container, build_container
 from service.entrypoints.http.app import build_http_app
+from service.entrypoints.http.channels import ChannelsConfig, load_texts
 from service.entrypoints.http.security import Authenticator, parse_tokens
 from service.settings import Settings
 
@@ -46,9 +47,12 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class Service:
-    def __init__(self, settings: Settings, *, with_worker: bool) -> None:
+    def __init__(
+        self, settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+    ) -> None:
         self.settings = settings
         self.with_worker = with_worker
+        self.channels_by_default = channels_by_default
         self._stack = AsyncExitStack()
         self._server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -58,7 +62,10 @@ class Service:
     async def __aenter__(self) -> Service:
         try:
             self.container = await build_container(
-                self.settings, self._stack, with_worker=self.with_worker
+                self.settings,
+                self._stack,
+                with_worker=self.with_worker,
+                channels_by_default=self.channels_by_default,
             )
             auth = Authenticator(parse_tokens(self.settings.api_tokens.get_secret_value()))
             if not len(auth):
@@ -70,6 +77,7 @@ class Service:
                 max_body_bytes=self.settings.http_max_body_bytes,
                 liveness=self.container.liveness,
                 metrics_registry=self.container.metrics.registry,
+                channels=self._channels(self.container),
             )
             config = uvicorn.Config(
                 app,
@@ -95,6 +103,24 @@ class Service:
             http=f"http://{self.settings.http_host}:{self.settings.http_port}",
         )
         return self
+
+    def _channels(self, container: Container) -> ChannelsConfig | None:
+        if container.channels is None:
+            return None
+        settings = self.settings
+        if container.channels.signer is None:
+            log.warning("links_no_keys", detail="OPTOUT_LINK_KEYS is empty: link pages answer 400")
+        return ChannelsConfig(
+            intake=container.channels.intake,
+            decisions=container.decisions,
+            signer=container.channels.signer,
+            public_base_url=settings.public_base_url,
+            support_contact=settings.support_contact,
+            sms_auth_token=settings.sms_auth_token.get_secret_value().encode(),
+            sms_default_region=settings.sms_default_region,
+            page_outcome_wait_seconds=settings.page_outcome_wait_seconds,
+            texts=load_texts(),
+        )
 
     async def _until_serving(self) -> None:
         assert self._server is not None
@@ -136,7 +162,9 @@ class Service:
         log.info("service_stopped")
 
 
-async def serve(settings: Settings, *, with_worker: bool) -> None:
+async def serve(
+    settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+) -> None:
     """Run until SIGINT or SIGTERM, then stop consuming, finish the batch and close.
 
     The handlers are installed before uvicorn starts: ``uvicorn.Server.serve`` replaces them
@@ -145,7 +173,7 @@ async def serve(settings: Settings, *, with_worker: bool) -> None:
     which would kill the process before the worker's exit stack unwinds.
     """
     loop = asyncio.get_running_loop()
-    service = Service(settings, with_worker=with_worker)
+    service = Service(settings, with_worker=with_worker, channels_by_default=channels_by_default)
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, service.request_stop)

@@ -13,6 +13,7 @@ from service.domain.catalog import (
     CatalogError,
     TopicSpec,
     UnknownTopic,
+    parse_catalog,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "catalog.example.toml"
@@ -70,7 +71,9 @@ def test_lookups() -> None:
     assert DEFAULT_CATALOG.is_data_use("data.sale")
     assert DEFAULT_CATALOG.channels_for("data.sale") == ("*",)
     assert "email" in DEFAULT_CATALOG.channels_for("marketing")
-    assert DEFAULT_CATALOG.spec("reminders") == TopicSpec("reminders", True, False, False)
+    assert DEFAULT_CATALOG.spec("reminders") == TopicSpec(
+        "reminders", True, False, False, "Reminders"
+    )
     with pytest.raises(UnknownTopic):
         DEFAULT_CATALOG.spec("nope")
     with pytest.raises(UnknownTopic):
@@ -144,3 +147,20 @@ def test_data_use_topics_need_no_parent(tmp_path: Path) -> None:
         write(tmp_path, 'channels = ["email"]\n[topics."data.x"]\ndata_use = true\n')
     )
     assert catalog == Catalog(frozenset({"email"}), {"data.x": TopicSpec("data.x", data_use=True)})
+
+
+def test_titles_name_topics_and_channels_for_people() -> None:
+    assert DEFAULT_CATALOG.topic_label("marketing.newsletter") == "Newsletter"
+    assert DEFAULT_CATALOG.topic_label("*") == "everything"
+    assert DEFAULT_CATALOG.channel_label("sms") == "Text messages (SMS)"
+    assert DEFAULT_CATALOG.channel_label("*") == "every channel"
+    untitled = parse_catalog({"channels": ["email"], "topics": {"news": {}}})
+    assert untitled.topic_label("news") == "news"
+    assert untitled.channel_label("email") == "email"
+
+
+def test_channel_titles_must_name_catalog_channels() -> None:
+    with pytest.raises(CatalogError, match="channel_titles"):
+        parse_catalog(
+            {"channels": ["email"], "channel_titles": {"fax": "Fax"}, "topics": {"news": {}}}
+        )

@@ -242,6 +242,9 @@ async def _hold_gaps(
     return held
 
 
+WORKER_FETCH_MAX_WAIT_MS = 20
+
+
 def register_worker(
     broker: KafkaBroker,
     *,
@@ -272,6 +275,10 @@ def register_worker(
         parser=raw_batch_parser(consumer_of),
         decoder=_no_decode,
         max_poll_interval_ms=600_000,
+        # aiokafka keeps one fetch in flight per broker, and leaves out of it the partitions
+        # whose records were just returned: a command arriving on such a partition waited
+        # for the others' fetch to time out (500 ms by default) before it was even read.
+        fetch_max_wait_ms=WORKER_FETCH_MAX_WAIT_MS,
         title="optout-worker",
         description="Opt-out and opt-in commands from every channel (contract v1).",
     )

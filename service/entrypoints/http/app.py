@@ -16,11 +16,12 @@ from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD
+from service.entrypoints.http.channels import ChannelsConfig
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.limits import BodyLimit
 from service.entrypoints.http.models import CATALOG_ENUM
 from service.entrypoints.http.routers import decisions as decisions_router
-from service.entrypoints.http.routers import health
+from service.entrypoints.http.routers import health, intake, pages, sms
 from service.entrypoints.http.security import Authenticator
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -34,6 +35,7 @@ def build_http_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     liveness: Liveness | None = None,
     metrics_registry: CollectorRegistry | None = None,
+    channels: ChannelsConfig | None = None,
 ) -> FastAPI:
     """Health endpoints always; the decision API and its document when ``decisions`` is given.
 
@@ -58,6 +60,11 @@ def build_http_app(
         app.state.decisions = decisions
         app.state.authenticator = auth or Authenticator([])
         app.include_router(decisions_router.router)
+        if channels is not None:
+            app.state.channels = channels
+            app.include_router(intake.router)
+            app.include_router(pages.router)
+            app.include_router(sms.router)
         # Generated once, here: FastAPI serves the cached document from then on.
         _enumerate_catalog(app.openapi(), decisions.catalog)
     return app

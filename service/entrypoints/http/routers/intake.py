@@ -1,0 +1,136 @@
+"""Command intake and link making over HTTP, for apps without a Kafka client (scope `write`).
+
+The body is read as raw JSON and checked by the worker's own decoding and validation
+(``CommandIntake.check``), not by a model of its own: HTTP must refuse exactly what the
+worker would, and a second model would drift. Nothing is published unless every command of
+the request passes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.application.intake import Accepted, IntakeRefused
+from service.contract.v1 import OutcomeV1
+from service.domain.catalog import (
+    CatalogLookupError,
+    InvalidChannel,
+    UnknownChannel,
+    UnknownTopic,
+    link_problem,
+)
+from service.domain.link_tokens import LinkClaim
+from service.entrypoints.http.channels import Channels, now_seconds
+from service.entrypoints.http.errors import ApiError, error_responses
+from service.entrypoints.http.security import requires
+
+MAX_COMMANDS = 500
+MAX_WAIT_SECONDS = 10.0
+
+router = APIRouter(prefix="/v1", tags=["channels"], responses=error_responses(401, 403, 422))
+
+
+def _answer(accepted: Accepted) -> dict[str, Any]:
+    outcome = accepted.outcome
+    return {
+        "command_id": accepted.command.command_id,
+        "tenant": accepted.command.tenant,
+        "outcome": None
+        if outcome is None
+        else OutcomeV1.from_domain(outcome).model_dump(mode="json"),
+    }
+
+
+@router.post(
+    "/commands",
+    operation_id="submitCommands",
+    summary=f'Publish a contract-v1 command, or {{"commands": [...]}} (up to {MAX_COMMANDS})',
+    dependencies=[requires("write")],
+    status_code=202,
+    responses={
+        200: {"description": "Published, and every outcome arrived within `wait`."},
+        202: {"description": "Published; outcomes not (all) arrived."},
+        **error_responses(413, 503),
+    },
+)
+async def submit_commands(
+    request: Request,
+    channels: Channels,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for the outcome.")
+    ] = 0.0,
+) -> JSONResponse:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise ApiError(422, "invalid_request", "the body is not valid JSON") from None
+    batch = isinstance(body, dict) and "commands" in body and "command_id" not in body
+    documents = body.get("commands") if batch else [body]
+    if (
+        not isinstance(documents, list)
+        or not documents
+        or not all(isinstance(d, dict) for d in documents)
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            "a command object, or commands: a list of them",
+            "commands" if batch else None,
+        )
+    if len(documents) > MAX_COMMANDS:
+        raise ApiError(422, "invalid_request", f"at most {MAX_COMMANDS} commands", "commands")
+    try:
+        accepted = await channels.intake.submit(documents, wait_seconds=wait)
+    except IntakeRefused as refused:
+        raise ApiError(422, refused.error, refused.detail, refused.field) from None
+    complete = wait > 0 and all(a.outcome is not None for a in accepted)
+    status = 200 if complete else 202
+    if batch:
+        return JSONResponse({"results": [_answer(a) for a in accepted]}, status_code=status)
+    return JSONResponse(_answer(accepted[0]), status_code=status)
+
+
+class LinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject_id: str = Field(min_length=1, max_length=256)
+    topic: str = Field(min_length=1, max_length=128)
+    channel: str = Field(default="email", min_length=1, max_length=64)
+    tenant: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,64}$")
+
+
+class LinkOut(BaseModel):
+    url: str
+    list_unsubscribe: str = Field(description="The `List-Unsubscribe` header value.")
+    list_unsubscribe_post: str = Field(description="The `List-Unsubscribe-Post` header value.")
+
+
+@router.post(
+    "/links",
+    operation_id="makeLink",
+    summary="A signed one-click unsubscribe link and its mail headers",
+    dependencies=[requires("write")],
+    responses=error_responses(503),
+)
+async def make_link(body: LinkIn, channels: Channels) -> LinkOut:
+    try:
+        link_problem(channels.intake.catalog, body.topic, body.channel)
+    except CatalogLookupError as exc:
+        name = "channel" if isinstance(exc, (UnknownChannel, InvalidChannel)) else "topic"
+        error = {UnknownTopic: "unknown_topic", UnknownChannel: "unknown_channel"}.get(
+            type(exc), f"invalid_{name}"
+        )
+        raise ApiError(422, error, str(exc), name) from None
+    link = channels.make_link(
+        LinkClaim(body.tenant, body.subject_id, body.topic, body.channel, now_seconds())
+    )
+    return LinkOut(
+        url=link.url,
+        list_unsubscribe=link.list_unsubscribe,
+        list_unsubscribe_post=link.list_unsubscribe_post,
+    )

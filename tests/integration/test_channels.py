@@ -1,0 +1,319 @@
+"""The channels against the real stack: HTTP intake, links, the unsubscribe and preference
+pages over plain HTTP (as a mail client or a scanner sends them), and the SMS webhook.
+
+Each test runs the whole service (worker, intake producer, outcome follower) on its own
+topics, schema and Redis prefix; "nothing published" is read from the commands topic's end
+offsets, "it worked" from the SDK, as a sender would see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from service.client import OptoutClient
+from service.domain.link_tokens import LinkClaim
+from service.entrypoints.http.routers.sms import PATH as SMS_PATH
+from service.entrypoints.http.routers.sms import twilio_signature
+from service.settings import Settings
+from tests.support.channels import (
+    READ_TOKEN,
+    SMS_TOKEN,
+    SUPPORT,
+    WRITE_TOKEN,
+    Running,
+    channel_settings,
+    csrf_of,
+    http_client,
+    link_path,
+    published,
+    running,
+)
+from tests.support.contract_client import command
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Running]:
+    async with running(channel_settings(settings)) as found:
+        yield found
+
+
+def now() -> int:
+    return int(time.time())
+
+
+async def test_intake_publishes_waits_for_the_outcome_and_refuses_what_the_worker_would(
+    service: Running,
+) -> None:
+    async with http_client(service.base_url, WRITE_TOKEN) as http:
+        doc = command("user-intake", [("opt_out", "marketing", "email")])
+        answer = await http.post("/v1/commands", params={"wait": 5}, json=doc)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["command_id"] == doc["command_id"]
+        assert answer.json()["outcome"]["status"] == "applied"
+
+        quick = await http.post("/v1/commands", json=command("user-2", [("opt_in", "*", "sms")]))
+        assert quick.status_code == 202
+        assert quick.json()["outcome"] is None
+
+        before = await published(service.settings)
+        mk = command
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        cases = [
+            (mk("u", [("opt_out", "nope", "email")]), "unknown_topic", "changes[0].topic"),
+            (mk("u", [("opt_out", "security", "email")]), "mandatory_topic", "changes[0].topic"),
+            (mk("u", [("opt_out", "marketing", "fax")]), "unknown_channel", "changes[0].channel"),
+            (
+                mk("u", [("opt_out", "marketing", "email")], channel="pigeon"),
+                "invalid_payload",
+                "source.channel",
+            ),
+            (
+                mk("u", [("opt_out", "marketing", "email")], occurred_at=tomorrow),
+                "future_timestamp",
+                "occurred_at",
+            ),
+            (
+                {**mk("u", [("opt_out", "marketing", "email")]), "changes": []},
+                "invalid_payload",
+                "changes",
+            ),
+        ]
+        for doc, error, field in cases:
+            refused = await http.post("/v1/commands", json=doc)
+            assert refused.status_code == 422, refused.text
+            assert (refused.json()["error"], refused.json()["field"]) == (error, field)
+        batch = {"commands": [command("b1", [("opt_out", "marketing", "sms")]), cases[0][0]]}
+        refused = await http.post("/v1/commands", json=batch)
+        assert refused.json()["field"] == "commands[1].changes[0].topic"
+        assert await published(service.settings) == before
+
+        many = {
+            "commands": [command(f"b{i}", [("opt_out", "reminders", "push")]) for i in range(50)]
+        }
+        answered = await http.post("/v1/commands", params={"wait": 5}, json=many)
+        assert answered.status_code == 200
+        assert {r["outcome"]["status"] for r in answered.json()["results"]} == {"applied"}
+
+    async with http_client(service.base_url, READ_TOKEN) as reader:
+        forbidden = await reader.post("/v1/commands", json=command("u", [("opt_out", "*", "*")]))
+        assert forbidden.status_code == 403
+
+
+async def test_links_from_the_api_and_the_one_click_post_flips_the_sender_decision(
+    service: Running,
+) -> None:
+    subject = f"person-{uuid.uuid4().hex[:6]}"
+    async with http_client(service.base_url, WRITE_TOKEN) as http:
+        made = await http.post(
+            "/v1/links", json={"subject_id": subject, "topic": "marketing.newsletter"}
+        )
+        assert made.status_code == 200, made.text
+        link = made.json()
+        assert link["list_unsubscribe"] == f"<{link['url']}>"
+        assert link["list_unsubscribe_post"] == "List-Unsubscribe=One-Click"
+        mandatory = await http.post("/v1/links", json={"subject_id": subject, "topic": "security"})
+        assert mandatory.status_code == 422
+
+    path = link["url"].removeprefix(service.base_url)
+    async with (
+        await OptoutClient.connect(service.settings) as sdk,
+        http_client(service.base_url) as browserless,
+    ):
+        assert (await sdk.is_allowed(subject, "marketing.newsletter", "email")).allowed
+        before = await published(service.settings)
+        # A mail scanner follows the link: the page names the topic and changes nothing.
+        page = await browserless.get(path)
+        assert page.status_code == 200
+        assert "Newsletter" in page.text
+        assert "Email" in page.text
+        assert "Content-Security-Policy" in page.headers
+        assert await published(service.settings) == before
+
+        # The mail client's RFC 8058 one-click POST: no page, no cookie, no CSRF field.
+        pressed = time.perf_counter()
+        done = await browserless.post(
+            path,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        answered = time.perf_counter()
+        assert done.status_code == 200
+        assert "You are unsubscribed" in done.text
+        while (await sdk.is_allowed(subject, "marketing.newsletter", "email")).allowed:
+            assert time.perf_counter() - pressed < 5
+            await asyncio.sleep(0.001)
+        flipped = time.perf_counter() - pressed
+        print(
+            f"\none-click POST to the SDK saying no: {flipped * 1000:.1f} ms"
+            f" (the POST, which waits for the outcome: {(answered - pressed) * 1000:.1f} ms)"
+        )
+        assert (await sdk.is_allowed(subject, "marketing.newsletter", "sms")).allowed
+
+        again = await browserless.post(path, content=b"List-Unsubscribe=One-Click")
+        assert "already unsubscribed" in again.text
+        assert await published(service.settings) == before + 1
+
+
+async def test_tampered_unknown_key_and_expired_links_get_400_and_publish_nothing(
+    service: Running,
+) -> None:
+    claim = LinkClaim("default", "victim", "marketing", "email", now())
+    good = link_path(claim)
+    expired = link_path(LinkClaim("default", "victim", "marketing", "email", now() - 91 * 86_400))
+    other = LinkClaim("default", "someone-else", "marketing", "email", now())
+    forged = (
+        good.rsplit(".", 2)[0] + "." + link_path(other).split(".")[2] + "." + good.rsplit(".", 1)[1]
+    )
+    unknown = good.replace("/u/v1.k2.", "/u/v1.k9.")
+    before = await published(service.settings)
+    async with http_client(service.base_url) as http:
+        for path, says in [
+            (good[:-3] + "abc", "damaged"),
+            (forged, "damaged"),
+            (unknown, "no longer accepted"),
+            (expired, "expired"),
+        ]:
+            for method in ("GET", "POST"):
+                answer = await http.request(method, path, content=b"List-Unsubscribe=One-Click")
+                assert answer.status_code == 400, (path, method)
+                assert says in answer.text
+                assert SUPPORT in answer.text
+        # Key rotation: a link signed with the retired-but-accepted key still works.
+        old = await http.get(link_path(claim, key_id="k1"))
+        assert old.status_code == 200
+        # The page's button needs the page's CSRF field.
+        no_csrf = await http.post(good, data={"csrf": "forged"})
+        assert no_csrf.status_code == 400
+    assert await published(service.settings) == before
+
+
+async def test_the_button_confirms_with_the_effective_time(service: Running) -> None:
+    path = link_path(LinkClaim("default", "button", "*", "email", now()))
+    async with http_client(service.base_url) as http:
+        page = await http.get(path)
+        assert "everything" in page.text
+        done = await http.post(path, data={"csrf": csrf_of(page.text)})
+        assert "You are unsubscribed" in done.text
+        assert "In effect since" in done.text
+        again = await http.post(path, data={"csrf": csrf_of(page.text)})
+        assert "already unsubscribed" in again.text
+
+
+async def test_preference_page_saves_locks_mandatory_topics_and_honours_gpc(
+    service: Running,
+) -> None:
+    subject = "prefs-person"
+    path = link_path(LinkClaim("default", subject, "marketing", "email", now())).replace(
+        "/u/", "/p/"
+    )
+    async with (
+        http_client(service.base_url) as http,
+        await OptoutClient.connect(service.settings, local_cache=False) as sdk,
+    ):
+        page = await http.get(path)
+        assert page.status_code == 200
+        html = page.text
+        assert "Security alerts" in html
+        assert "Needed to keep your account safe." in html
+        assert 'name="allow:security.alerts:email" value="1" checked disabled' in html
+        assert "Sale or sharing of personal data" in html
+        before = await published(service.settings)
+        # Every box ticked except the newsletter by email; a mandatory box sent unticked
+        # (a forged form) changes nothing.
+        ticked = {
+            name: "1"
+            for name in set(re.findall(r'name="(allow:[^"]+)"', html))
+            if name != "allow:marketing.newsletter:email" and "security" not in name
+        }
+        saved = await http.post(path, data={"csrf": csrf_of(html), **ticked})
+        assert "Your choices are saved" in saved.text
+        assert 'name="allow:marketing.newsletter:email" value="1" aria' in saved.text
+        assert await published(service.settings) == before + 1
+        assert not (await sdk.is_allowed(subject, "marketing.newsletter", "email")).allowed
+        assert (await sdk.is_allowed(subject, "marketing.newsletter", "sms")).allowed
+        assert (await sdk.is_allowed(subject, "security.alerts", "email")).allowed
+
+        stop_all = await http.post(path, data={"csrf": csrf_of(html), "stop_all": "1"})
+        assert "Your choices are saved" in stop_all.text
+        assert not (await sdk.is_allowed(subject, "product.tips", "push")).allowed
+        assert (await sdk.is_allowed(subject, "transactional.receipts", "sms")).allowed
+
+        gpc_subject_path = link_path(
+            LinkClaim("default", "gpc-person", "marketing", "email", now())
+        ).replace("/u/", "/p/")
+        gpc = await http.get(gpc_subject_path, headers={"Sec-GPC": "1"})
+        assert "Global Privacy Control" in gpc.text
+        assert not (await sdk.is_allowed("gpc-person", "data.sale", "*")).allowed
+        assert (await sdk.is_allowed("gpc-person", "data.analytics", "*")).allowed
+
+        forged = await http.post(path, data={"csrf": "x", "stop_all": "1"})
+        assert forged.status_code == 400
+
+
+def signed(service: Running, params: dict[str, str]) -> dict[str, str]:
+    url = service.base_url + SMS_PATH
+    return {"X-Twilio-Signature": twilio_signature(SMS_TOKEN.encode(), url, sorted(params.items()))}
+
+
+STOP_VARIANTS = [
+    "STOP", "stopall", "Unsubscribe", "CANCEL", "end", "QUIT", "revoke", "OPTOUT", "opt out",
+    " Stop! ", "stop texting me", "Unsubscribe me.",
+]  # fmt: skip
+
+
+async def test_sms_keywords_signatures_and_e164(service: Running) -> None:
+    async with (
+        http_client(service.base_url) as http,
+        await OptoutClient.connect(service.settings, local_cache=False) as sdk,
+    ):
+
+        async def reply(body: str, sender: str = "+1 (415) 555-0100") -> str:
+            params = {"From": sender, "To": "+14155550199", "Body": body}
+            answer = await http.post(SMS_PATH, data=params, headers=signed(service, params))
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith("application/xml")
+            return answer.text
+
+        before = await published(service.settings)
+        params = {"From": "+14155550100", "To": "+14155550199", "Body": "STOP"}
+        bad = await http.post(SMS_PATH, data=params, headers={"X-Twilio-Signature": "nope"})
+        assert bad.status_code == 403
+        unsigned = await http.post(SMS_PATH, data=params)
+        assert unsigned.status_code == 403
+        other_body = await http.post(
+            SMS_PATH, data={**params, "Body": "START"}, headers=signed(service, params)
+        )
+        assert other_body.status_code == 403
+        assert await published(service.settings) == before
+
+        assert "Reply STOP" in await reply("help")
+        assert "<Response></Response>" in await reply("I will stop by later")
+        assert await published(service.settings) == before
+        for n, body in enumerate(STOP_VARIANTS):
+            assert "You are unsubscribed" in await reply(body, f"+1415555{n:04d}")
+        for body in ["START", "unstop", "Yes"]:
+            assert "subscribed to text messages again" in await reply(body, "+14155550000")
+        assert await published(service.settings) == before + len(STOP_VARIANTS) + 3
+
+        subject = "phone:+14155550100"
+        assert "You are unsubscribed" in await reply("STOP", "(415) 555-0100")
+        deadline = time.monotonic() + 5
+        while (await sdk.is_allowed(subject, "marketing", "sms")).allowed:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await sdk.is_allowed(subject, "marketing", "email")).allowed
+        assert (await sdk.is_allowed(subject, "security", "sms")).allowed
+        assert "subscribed to text messages again" in await reply("start", "+1 415 555 0100")
+        deadline = time.monotonic() + 5
+        while not (await sdk.is_allowed(subject, "marketing", "sms")).allowed:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
