@@ -14,7 +14,7 @@ UV_PYTHON := --python $(PYTHON) --no-python-downloads
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint fmt bench schemas stop clean
+.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint fmt bench chaos fuzz schemas stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,15 @@ fmt: venv ## format the code
 
 bench: migrate ## throughput and latency benchmarks, figures into bench-results/
 	$(BIN)/python -m benchmarks.run
+
+# Servers of the run's own (PostgreSQL, Redis, Kafka), started from the stack's binaries and
+# jars: the run restarts them. CHAOS_ARGS="--without nul,headers" switches hostile classes off.
+CHAOS_ARGS ?=
+chaos: migrate ## fault-injection suite (probes, a chaos run, fuzzing): docs/reliability/latest.json
+	$(BIN)/python -m tests.chaos.run --out docs/reliability/latest.json $(CHAOS_ARGS)
+
+fuzz: migrate ## 10,000 fuzzed records through one real worker: docs/reliability/fuzz.json
+	$(BIN)/python -m tests.chaos.run --phases fuzz --out docs/reliability/fuzz.json $(CHAOS_ARGS)
 
 schemas: venv ## regenerate the JSON Schema and AsyncAPI files in schemas/
 	$(BIN)/optout schemas

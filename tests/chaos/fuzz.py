@@ -25,9 +25,16 @@ from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
 from tests.chaos.commands import DLQ_OR_REJECTED, CommandFactory, Planned
-from tests.chaos.kafka_io import CommandProducer, LogRecord, OutputLog, dlq_position, read_log
+from tests.chaos.kafka_io import (
+    CommandProducer,
+    LogRecord,
+    OutputLog,
+    bounded,
+    dlq_position,
+    read_log,
+)
 from tests.chaos.monitor import GroupMonitor, Sample, Window, longest_stall
-from tests.chaos.processes import WorkerPool
+from tests.chaos.processes import WorkerPool, worker_trouble
 from tests.chaos.verdict import dlq_problem, stuck_partitions
 
 FAMILIES = (
@@ -223,6 +230,7 @@ async def fuzz(settings: Settings, config: FuzzConfig, run_dir: Path) -> dict[st
     await monitor.start()
     await producer.start()
     windows: list[Window] = []
+    late: list[str] = []
     try:
         pool.start()
         stable = await monitor.stable(started, 1, cap_s=90)
@@ -237,22 +245,25 @@ async def fuzz(settings: Settings, config: FuzzConfig, run_dir: Path) -> dict[st
         await producer.flush()
         log_ids = {(s.partition, s.offset): _command_id(s.planned.value) for s in producer.sent}
 
-        def done() -> bool:
-            return all(
+        def count() -> int:
+            return sum(
                 position in outputs.dlq_positions or (cid is not None and cid in outputs.by_command)
                 for position, cid in log_ids.items()
             )
 
         drained = await outputs.wait_for(
-            done, within_s=config.drain_max_s, idle_s=config.drain_idle_s
+            lambda: count() == len(log_ids),
+            within_s=config.drain_max_s,
+            idle_s=config.drain_idle_s,
+            progress=count,
         )
         await asyncio.sleep(1.0)
         worker_alive = bool(pool.live())
     finally:
         await asyncio.to_thread(pool.stop_all)
-        await monitor.stop()
-        await producer.stop()
-        await outputs.stop()
+        await bounded("offsets monitor", monitor.stop(), late)
+        await bounded("producer", producer.stop(), late)
+        await bounded("outputs consumer", outputs.stop(), late)
     log = await read_log(settings.kafka_bootstrap, settings.topic_commands, config.partitions)
     report = _report(
         config,
@@ -267,6 +278,8 @@ async def fuzz(settings: Settings, config: FuzzConfig, run_dir: Path) -> dict[st
     return report | {
         "drained": drained,
         "worker_alive": worker_alive,
+        "teardown_timeouts": late,
+        "worker_trouble": await asyncio.to_thread(worker_trouble, run_dir),
         "duration_s": round(time.monotonic() - started, 1),
         "logs": str(run_dir),
     }

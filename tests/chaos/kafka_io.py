@@ -22,6 +22,20 @@ from tests.chaos.commands import Planned
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
+async def bounded(name: str, step: Awaitable[Any], late: list[str], within_s: float = 20) -> None:
+    """Await a teardown step for at most `within_s`; note its name in `late` if it hung.
+
+    A Kafka client stopped after its broker was restarted can wait for good; the run must
+    still end, and say which step did not.
+    """
+    try:
+        await asyncio.wait_for(step, within_s)
+    except TimeoutError:
+        late.append(name)
+    except Exception as exc:
+        late.append(f"{name}: {type(exc).__name__}")
+
+
 @dataclass(frozen=True)
 class LogRecord:
     """A record as stored in a topic."""
@@ -260,21 +274,34 @@ class OutputLog:
                 self.dlq_positions.add(position)
 
     async def wait_for(
-        self, predicate: Callable[[], bool], *, within_s: float, idle_s: float | None = None
+        self,
+        predicate: Callable[[], bool],
+        *,
+        within_s: float,
+        idle_s: float | None = None,
+        progress: Callable[[], int] | None = None,
     ) -> bool:
-        """True once `predicate` holds; False after `within_s`, or `idle_s` without any output."""
+        """True once `predicate` holds; False after `within_s`, or after `idle_s` in which
+        `progress` (by default: how many outputs arrived) did not change.
+
+        A worker retrying a failing batch republishes the answers of the lanes that did
+        commit, again and again: outputs arrive while nothing moves, hence `progress`.
+        """
+        measure = progress or (lambda: len(self.outcomes) + len(self.dead_letters))
         deadline = time.monotonic() + within_s
-        last_progress = time.monotonic()
+        last_value, last_change = measure(), time.monotonic()
         while not predicate():
             if self._task is not None and self._task.done():
                 self._task.result()
             now = time.monotonic()
-            if now > deadline or (idle_s is not None and now - last_progress > idle_s):
+            value = measure()
+            if value != last_value:
+                last_value, last_change = value, now
+            if now > deadline or (idle_s is not None and now - last_change > idle_s):
                 return False
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 0.5)
-                last_progress = time.monotonic()
         return True
 
 

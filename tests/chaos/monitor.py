@@ -151,14 +151,12 @@ class GroupMonitor:
         self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
     ) -> None:
         asked = time.monotonic()
-        committed_raw, ends, described = await asyncio.wait_for(
-            asyncio.gather(
+        async with asyncio.timeout(5):
+            committed_raw, ends, described = await asyncio.gather(
                 admin.list_consumer_group_offsets(self.group),
                 consumer.end_offsets(tps),
                 admin.describe_consumer_groups([self.group]),
-            ),
-            5,
-        )
+            )
         # The answers describe some moment between question and answer: take the middle, so
         # a slow answer (a busy suite process) does not read as a stall of the worker.
         now = (asked + time.monotonic()) / 2

@@ -32,7 +32,7 @@ from service.settings import Settings
 from tests.chaos import hostile
 from tests.chaos.commands import CommandFactory, Planned
 from tests.chaos.generator import base_time
-from tests.chaos.kafka_io import CommandProducer, OutputLog, answered, read_log
+from tests.chaos.kafka_io import CommandProducer, OutputLog, answered, bounded, read_log
 from tests.chaos.processes import free_port
 from tests.chaos.verdict import Evidence, label_failures, snapshot_postgres, snapshot_redis, verdict
 
@@ -114,13 +114,15 @@ async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str
             lambda: all(answered(s, outputs) for s in producer.sent),
             within_s=config.timeout_s,
             idle_s=config.idle_s,
+            progress=lambda: sum(answered(s, outputs) for s in producer.sent),
         )
         answered_in = time.monotonic() - sent_at
         await asyncio.sleep(0.5)  # the last events
         log = await read_log(settings.kafka_bootstrap, settings.topic_commands, 1)
     finally:
-        await producer.stop()
-        await outputs.stop()
+        late: list[str] = []
+        await bounded("producer", producer.stop(), late)
+        await bounded("outputs consumer", outputs.stop(), late)
     subjects = {p.subject for p in [*before, *records, *after] if p.subject is not None}
     postgres, _ = await snapshot_postgres(settings.database_dsn, settings.database_schema)
     redis = await snapshot_redis(settings.redis_dsn, settings.redis_prefix)

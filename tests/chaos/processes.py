@@ -8,12 +8,14 @@ directory; nothing is stopped by name, only by the process handles kept here.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Worker log events that say a batch did not go through, counted with their error type.
+_TROUBLE = (
+    "batch_failed_retrying",
+    "offset_commit_failed",
+    "batch_abandoned_after_revocation",
+    "rebalance_abandons_batch",
+)
+
+
+def worker_trouble(log_dir: Path) -> dict[str, int]:
+    """`event (error type)` → count, over every worker log of a run: the failures' names."""
+    found: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") in _TROUBLE:
+                error = entry.get("error")
+                found[f"{entry['event']} ({error})" if error else entry["event"]] += 1
+    return dict(found.most_common())
 
 
 def _stop(process: subprocess.Popen[bytes], within_s: float = 30) -> None:

@@ -89,11 +89,12 @@ class SenderReads:
         await self._redis.aclose()
 
     async def on_outcome(self, outcome: dict[str, Any]) -> None:
-        """Ask about the opt-out an applied outcome announces, as a sender would, at once.
+        """Ask about the opt-out an applied outcome announces, as a sender would.
 
-        The SDK is asked before anything else gets a turn on the event loop: its local cache
-        is the read path that can trail, and the moment the outcome arrives is when a lagging
-        follower shows. The other read paths are asked in a task of their own.
+        Redis and the HTTP API are asked at once: once an outcome says applied they must
+        agree with PostgreSQL. The SDK's local cache is the one read path the brief lets
+        trail, within its stated bound (``OPTOUT_CLIENT_LOCAL_CACHE_BOUND_SECONDS``): it is
+        asked when that bound has passed since the outcome, so any allow then breaks it.
         """
         if outcome.get("status") != "applied" or not isinstance(outcome.get("version"), int):
             return
@@ -110,17 +111,25 @@ class SenderReads:
             self.skipped += 1
             return
         ask = (tenant, outcome["subject_id"], *question, outcome["version"])
-        if "sdk" in self.readers:
-            await self._ask("sdk", *ask)
         for reader in self.readers:
-            if reader != "sdk":
-                task = asyncio.create_task(self._ask(reader, *ask))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+            delay = self.settings.client_local_cache_bound_seconds if reader == "sdk" else 0.0
+            task = asyncio.create_task(self._ask(reader, *ask, after=delay))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _ask(
-        self, reader: str, tenant: str, subject_id: str, topic: str, channel: str, version: int
+        self,
+        reader: str,
+        tenant: str,
+        subject_id: str,
+        topic: str,
+        channel: str,
+        version: int,
+        *,
+        after: float = 0.0,
     ) -> None:
+        if after:
+            await asyncio.sleep(after)
         allowed: bool | None = None
         error: str | None = None
         try:

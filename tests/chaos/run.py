@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -183,8 +184,13 @@ async def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.list_classes:
+        meaning = {
+            "fold": "processed like any command (the oracle's outcome)",
+            "dlq": "the DLQ, original bytes",
+            "dlq_or_rejected": "the DLQ, or rejected (invalid_payload)",
+        }
         for c in hostile.CLASSES.values():
-            print(f"{c.name:28} {c.family:12} expects {c.expects}")
+            print(f"{c.name:28} {c.family:12} {meaning.get(c.expects, c.expects)}")
         print("fuzz families:", ", ".join(FAMILIES))
         return 0
     classes = tuple(hostile.select(_names(args.only) or None, _names(args.without)))
@@ -230,5 +236,13 @@ async def main(argv: Sequence[str]) -> int:
     return 0 if report["passed"] else 1
 
 
+async def _main_until_signalled(argv: Sequence[str]) -> int:
+    """`main`, cancelled by SIGTERM as by Ctrl-C: the servers of the run's own are stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(asyncio.run(_main_until_signalled(sys.argv[1:])))

@@ -7,7 +7,6 @@ shared stack (the short variant in the test suite, which skips the server restar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import time
@@ -30,9 +29,9 @@ from tests.chaos.commands import Planned
 from tests.chaos.environment import Environment
 from tests.chaos.faults import FaultPlan, Faults
 from tests.chaos.generator import StreamSpec, generate
-from tests.chaos.kafka_io import CommandProducer, OutputLog, answered, read_log
+from tests.chaos.kafka_io import CommandProducer, OutputLog, answered, bounded, read_log
 from tests.chaos.monitor import GroupMonitor, Window
-from tests.chaos.processes import ApiProcess, WorkerPool
+from tests.chaos.processes import ApiProcess, WorkerPool, worker_trouble
 from tests.chaos.reads import READERS, SenderReads, close_quietly
 from tests.chaos.verdict import Evidence, snapshot_postgres, snapshot_redis, verdict
 
@@ -179,6 +178,7 @@ async def chaos(
     faults.grace_s = config.grace_s
     production_s = 0.0
     production_started = started
+    late: list[str] = []
     reads_skipped = 0
     dead: list[str] = []
     try:
@@ -221,6 +221,7 @@ async def chaos(
             lambda: all(answered(s, outputs) for s in producer.sent),
             within_s=config.drain_max_s,
             idle_s=config.drain_idle_s,
+            progress=lambda: sum(answered(s, outputs) for s in producer.sent),
         )
         if not drained:
             run.notes.append("not every record was answered when the drain gave up")
@@ -264,15 +265,13 @@ async def chaos(
     finally:
         await close_quietly(client)
         if reads is not None:
-            with contextlib.suppress(Exception):
-                await reads.stop()
+            await bounded("sender reads", reads.stop(), late)
         await asyncio.to_thread(pool.stop_all)
         if api is not None:
             api.stop()
-        await outputs.stop()
-        await monitor.stop()
-        with contextlib.suppress(Exception):
-            await producer.stop()
+        await bounded("outputs consumer", outputs.stop(), late)
+        await bounded("offsets monitor", monitor.stop(), late)
+        await bounded("producer", producer.stop(), late)
     windows: dict[str, float] = defaultdict(float)
     for w in faults.windows:
         windows[w.kind] += w.end - w.start
@@ -294,15 +293,18 @@ async def chaos(
             "redis_flushes": faults.done["flush_redis"] + faults.done["restart_redis"],
             "fault_windows_s": {k: round(v, 1) for k, v in sorted(windows.items())},
             "unsettled_windows": faults.unsettled,
+            "faults_skipped": faults.skipped,
             "production_from_s": round(production_started - origin, 1),
             "windows": [
                 f"{w.kind} {w.start - origin:.1f}-{w.end - origin:.1f}s" for w in faults.windows
             ],
             "workers_died_unexpectedly": dead,
+            "worker_trouble": await asyncio.to_thread(worker_trouble, run_dir),
             "producer_retries": producer.retries,
             "reads_skipped": reads_skipped,
             "monitor_errors": monitor.errors,
             "read_trigger_errors": outputs.callback_errors,
+            "teardown_timeouts": late,
             "notes": run.notes,
             "classes_enabled": list(config.classes),
             "config": {k: v for k, v in asdict(config).items() if k not in ("classes", "faults")}
