@@ -251,15 +251,16 @@ async def _report_unreachable(settings: Settings, container: Container) -> None:
     (host and port, never credentials) and why (the error's class)."""
     checks = await container.readiness.check()
     where = {
-        "postgresql": _host_port(settings.database_dsn),
-        "redis": _host_port(settings.redis_dsn),
+        "postgresql": host_port(settings.database_dsn),
+        "redis": host_port(settings.redis_dsn),
     }
     for name, why in checks.items():
         if why is not None:
             log.error("dependency_unreachable", dependency=name, where=where.get(name), error=why)
 
 
-def _host_port(url: str) -> str:
+def host_port(url: str) -> str:
+    """Where a dependency is, for a log line or an error: host and port, never credentials."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.hostname else "(unix socket)"
 

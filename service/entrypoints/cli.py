@@ -10,13 +10,12 @@ import ssl
 import time
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import typer
 from redis.exceptions import RedisError
 
-from service.bootstrap import run_migrations
+from service.bootstrap import host_port, run_migrations
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -45,18 +44,13 @@ def _unreachable(command: str, exc: BaseException, settings: Settings) -> typer.
         frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
     if any("asyncpg" in f for f in frames) or type(exc).__module__.startswith("asyncpg"):
-        where = f"PostgreSQL at {_host_port(settings.database_dsn)}"
+        where = f"PostgreSQL at {host_port(settings.database_dsn)}"
     elif any("redis" in f for f in frames) or type(exc).__module__.startswith("redis"):
-        where = f"Redis at {_host_port(settings.redis_dsn)}"
+        where = f"Redis at {host_port(settings.redis_dsn)}"
     else:
         where = "a dependency"
     typer.echo(f"optout {command}: {where} did not answer ({_why(exc)})", err=True)
     return typer.Exit(1)
-
-
-def _host_port(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}"
 
 
 @app.command()
