@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     support_contact: str = "the support team of the sender of the message"
     # Twilio's auth token, which signs the SMS webhook's requests (secret).
     sms_auth_token: SecretStr = SecretStr("")
+    # The HMAC key of erased identifiers' suppressions (domain/identifiers.py `pseudonym`).
+    identifier_key: SecretStr = SecretStr("")
     sms_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
     # How long the pages wait for the outcome before they say "received, taking effect".
     page_outcome_wait_seconds: float = Field(default=2.0, ge=0, le=10)

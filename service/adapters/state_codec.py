@@ -15,22 +15,28 @@ from service.domain.model import Rule, SubjectKey, SubjectState
 
 
 def encode_state(state: SubjectState) -> bytes:
-    return orjson.dumps(
-        {
-            "v": state.version,
-            "r": [
-                [
-                    r.topic,
-                    r.channel,
-                    r.action,
-                    r.occurred_at.isoformat(),
-                    r.source_channel,
-                    r.command_id,
-                ]
-                for r in state.sorted_rules()
-            ],
-        }
-    )
+    """`m` (a forward's target) and `e` (erased) follow `r` and appear only when set: a
+    cached state without rules must end in `"r":[]}` for the readers' fast path, and a
+    forward or suppression must not."""
+    document: dict[str, Any] = {
+        "v": state.version,
+        "r": [
+            [
+                r.topic,
+                r.channel,
+                r.action,
+                r.occurred_at.isoformat(),
+                r.source_channel,
+                r.command_id,
+            ]
+            for r in state.sorted_rules()
+        ],
+    }
+    if state.merged_into is not None:
+        document["m"] = state.merged_into
+    if state.erased:
+        document["e"] = 1
+    return orjson.dumps(document)
 
 
 def decode_state(key: SubjectKey, raw: bytes) -> SubjectState:
@@ -45,4 +51,10 @@ def decode_state(key: SubjectKey, raw: bytes) -> SubjectState:
             source_channel=source_channel,
             command_id=command_id,
         )
-    return SubjectState(key=key, version=int(document["v"]), rules=rules)
+    return SubjectState(
+        key=key,
+        version=int(document["v"]),
+        rules=rules,
+        merged_into=document.get("m"),
+        erased=bool(document.get("e")),
+    )

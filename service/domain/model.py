@@ -60,11 +60,18 @@ class SubjectState:
 
     Rules are keyed by (topic, channel): a later statement about the same pair replaces the
     earlier one, so the state stays bounded by the catalog size rather than by history.
+
+    `merged_into` makes the state a forward: the id is an identifier linked to that subject,
+    or a subject merged into it, and has no rules of its own; commands and checks follow it.
+    `erased` marks a subject whose personal data was erased: its rules are the suppression
+    that keeps the person from being contacted again.
     """
 
     key: SubjectKey
     version: int
     rules: Mapping[tuple[str, str], Rule] = field(default_factory=dict)
+    merged_into: str | None = None
+    erased: bool = False
 
     def __post_init__(self) -> None:
         # States are shared between the batch result and adapters; a read-only view keeps
@@ -78,7 +85,12 @@ class SubjectState:
 
     @classmethod
     def adopting(
-        cls, key: SubjectKey, version: int, rules: dict[tuple[str, str], Rule]
+        cls,
+        key: SubjectKey,
+        version: int,
+        rules: dict[tuple[str, str], Rule],
+        merged_into: str | None = None,
+        erased: bool = False,
     ) -> SubjectState:
         """A state that takes ownership of `rules` instead of copying it.
 
@@ -92,6 +104,8 @@ class SubjectState:
         object.__setattr__(state, "key", key)
         object.__setattr__(state, "version", version)
         object.__setattr__(state, "rules", MappingProxyType(rules))
+        object.__setattr__(state, "merged_into", merged_into)
+        object.__setattr__(state, "erased", erased)
         return state
 
     def sorted_rules(self) -> tuple[Rule, ...]:
