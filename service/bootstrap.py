@@ -28,7 +28,7 @@ from service.adapters.kafka.sizes import read_size_limits
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
-from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork
+from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, PostgresTombstoneLog
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
@@ -334,6 +334,9 @@ async def _start_worker(
         max_future=timedelta(seconds=settings.max_future_seconds),
         max_lanes=settings.worker_lanes,
         telemetry=container.metrics,
+        identifier_key=settings.identifier_key.get_secret_value().encode() or None,
+        tombstones=PostgresTombstoneLog(pool),
+        fence_seconds=settings.erasure_fence_seconds,
     )
     process = IsolatingProcessor(
         commands,

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     sms_auth_token: SecretStr = SecretStr("")
     # The HMAC key of erased identifiers' suppressions (domain/identifiers.py `pseudonym`).
     identifier_key: SecretStr = SecretStr("")
+    erasure_fence_seconds: int = Field(default=10, ge=1, le=3_600)
     sms_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
     # How long the pages wait for the outcome before they say "received, taking effect".
     page_outcome_wait_seconds: float = Field(default=2.0, ge=0, le=10)

@@ -69,17 +69,21 @@ class RedisStateCache:
     def key(self, subject: SubjectKey) -> str:
         return state_key(self._prefix, subject)
 
-    async def write(self, states: Iterable[SubjectState]) -> int:
+    def _default_ttl(self, state: SubjectState) -> int:
+        return self._ttl if state.version else self._unknown_ttl
+
+    async def write(self, states: Iterable[SubjectState], ttl_seconds: int | None = None) -> int:
         """Store each state unless a newer one is cached; one round trip for all of them.
 
         Returns how many were written (the others were older than what Redis holds).
+        `ttl_seconds` overrides the expiry (an erasure's short-lived fences).
         """
         states = list(states)
         if not states:
             return 0
         args: list[bytes | int] = []
         for state in states:
-            ttl = self._ttl if state.version else self._unknown_ttl
+            ttl = ttl_seconds if ttl_seconds is not None else self._default_ttl(state)
             args.extend((state.version, encode_state(state), ttl))
         try:
             written = await self._cas(keys=[self.key(s.key) for s in states], args=args)

@@ -99,10 +99,14 @@ class ClusterStateCache:
     def key(self, subject: SubjectKey) -> str:
         return cluster_state_key(self.prefix, subject)
 
-    async def write(self, states: Iterable[SubjectState]) -> int:
+    def _default_ttl(self, state: SubjectState) -> int:
+        return self._ttl if state.version else self._unknown_ttl
+
+    async def write(self, states: Iterable[SubjectState], ttl_seconds: int | None = None) -> int:
         """Store each state unless a newer one is cached; one round trip per node.
 
         Returns how many were written (the others were older than what Redis holds).
+        `ttl_seconds` overrides the expiry (an erasure's short-lived fences).
         """
         states = list(states)
         if not states:
@@ -113,7 +117,7 @@ class ClusterStateCache:
             args: list[Arg] = []
             for i in positions:
                 state = states[i]
-                ttl = self._ttl if state.version else self._unknown_ttl
+                ttl = ttl_seconds if ttl_seconds is not None else self._default_ttl(state)
                 args.extend((state.version, encode_state(state), ttl))
             calls.append(SlotCall([keys[i] for i in positions], args))
         written = await self._cas.run(calls)

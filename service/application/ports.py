@@ -7,7 +7,7 @@ PostgreSQL, Redis and Kafka as on the in-memory fakes of ``tests/unit/test_proce
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
@@ -21,11 +21,12 @@ from service.domain.model import SubjectKey, SubjectState
 
 @dataclass(frozen=True, slots=True)
 class EventMessage:
-    """A preference-changed event as published: its subject and its exact bytes."""
+    """A preference-changed event as published: its subject and its exact bytes, or None
+    for a tombstone (the subject id ended: merged, linked or erased)."""
 
     tenant: str
     subject_id: str
-    payload: bytes
+    payload: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class Loaded:
     processed: dict[CommandKey, ProcessedRecord]
     answers: dict[CommandKey, StoredAnswer]
     now: datetime
+    forwarders: dict[SubjectKey, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,22 @@ class CommandUnitOfWork(Protocol):
         keys: Sequence[SubjectKey],
         commands: Sequence[CommandKey],
         deliveries: set[Delivery],
-    ) -> Loaded: ...
+        lookups: Sequence[SubjectKey] = (),
+        forwarders: bool = False,
+    ) -> Loaded:
+        """Create and lock `keys`, lock `lookups` where they exist (never created: erased
+        identifiers' suppressions), then the target of every forward among them; with
+        `forwarders`, also every id forwarding to each subject found (for erasures)."""
+        ...
 
     async def save(self, batch: ToSave) -> None: ...
+
+
+class TombstoneLog(Protocol):
+    async def forget_published(self, tombstones: Sequence[EventMessage]) -> None:
+        """Drop the stored tombstones of erased identifiers once Kafka has them: stored
+        only so a redelivery can publish them again, they hold an identifier in clear."""
+        ...
 
 
 class UnitOfWorkFactory(Protocol):
@@ -100,7 +115,9 @@ class UnitOfWorkFactory(Protocol):
 
 
 class StateCache(Protocol):
-    async def write(self, states: Sequence[SubjectState]) -> int: ...
+    async def write(
+        self, states: Sequence[SubjectState], ttl_seconds: int | None = None
+    ) -> int: ...
 
 
 class Publisher(Protocol):

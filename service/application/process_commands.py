@@ -25,6 +25,7 @@ from service.application.ports import (
     OutcomeMessage,
     Publisher,
     StateCache,
+    TombstoneLog,
     ToSave,
     UnitOfWorkFactory,
 )
@@ -32,10 +33,12 @@ from service.application.records import RawRecord
 from service.application.telemetry import NO_TELEMETRY, LaneFigures, PipelineTelemetry
 from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import encode_events, outcome_json
-from service.domain.apply import BatchResult, apply_batch
+from service.domain.apply import BatchResult, Pseudonym, apply_batch
 from service.domain.catalog import Catalog
 from service.domain.commands import Delivery, Malformed, Received, content_hash
 from service.domain.events import Outcome
+from service.domain.identifiers import is_identifier, pseudonym
+from service.domain.model import SubjectKey
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +90,7 @@ def encode_outputs(result: BatchResult, loaded: Loaded) -> _Outputs:
         for message in answer.events
     ]
     events.extend(EventMessage(e.event.tenant, e.event.subject_id, e.payload) for e in new_events)
+    events.extend(EventMessage(t.tenant, t.subject_id, None) for t in result.tombstones)
 
     def outcome_bytes(outcome: Outcome) -> bytes:
         known = encoded.get(id(outcome))
@@ -170,8 +174,23 @@ class ProcessCommands:
         max_future: timedelta,
         max_lanes: int = 4,
         telemetry: PipelineTelemetry = NO_TELEMETRY,
+        identifier_key: bytes | None = None,
+        tombstones: TombstoneLog | None = None,
+        fence_seconds: int = 10,
     ) -> None:
         self._telemetry = telemetry
+        self._pseudonym: Pseudonym | None = None
+        if identifier_key:
+            key = identifier_key
+
+            def hashed(subject: SubjectKey) -> SubjectKey:
+                return SubjectKey(
+                    subject.tenant, pseudonym(key, subject.tenant, subject.subject_id)
+                )
+
+            self._pseudonym = hashed
+        self._tombstones = tombstones
+        self._fence_seconds = fence_seconds
         self._unit_of_work = unit_of_work
         self._cache = cache
         self._publisher = publisher
@@ -228,7 +247,22 @@ class ProcessCommands:
 
     async def _decide_and_store(self, commands: Sequence[Received | Malformed]) -> _Outputs:
         """Load, decide with the pure core, save: one transaction, committed on return."""
-        keys = sorted({r.command.key for r in commands if isinstance(r, Received)})
+        named: set[SubjectKey] = set()
+        erasing = False
+        for r in commands:
+            if isinstance(r, Received):
+                command = r.command
+                named.add(command.key)
+                if command.target is not None:
+                    named.add(SubjectKey(command.tenant, command.target))
+                erasing = erasing or command.kind == "erase"
+        keys = sorted(named)
+        hashed = self._pseudonym
+        lookups = (
+            sorted({hashed(k) for k in keys if is_identifier(k.subject_id)})
+            if hashed is not None
+            else []
+        )
         command_keys = list(
             {
                 (r.command.tenant, r.command.command_id)
@@ -238,7 +272,9 @@ class ProcessCommands:
             }
         )
         async with self._unit_of_work() as uow:
-            loaded = await uow.load(keys, command_keys, {r.delivery for r in commands})
+            loaded = await uow.load(
+                keys, command_keys, {r.delivery for r in commands}, lookups, erasing
+            )
             result = apply_batch(
                 self._catalog,
                 loaded.states,
@@ -247,6 +283,8 @@ class ProcessCommands:
                 now=loaded.now,
                 effective_at=loaded.now,
                 max_future=self._max_future,
+                pseudonym=hashed,
+                forwarders=loaded.forwarders,
             )
             outputs = encode_outputs(result, loaded)
             await uow.save(outputs.to_save)
@@ -265,8 +303,13 @@ class ProcessCommands:
         result = outputs.to_save.result
         stored = time.perf_counter()
         await self._cache.write(list(result.states.values()))
+        if result.fences:
+            await self._cache.write(result.fences, ttl_seconds=self._fence_seconds)
         cached = time.perf_counter()
         await self._publisher.publish(outputs.events, outputs.outcomes, dead)
+        tombstones = [e for e in outputs.events if e.payload is None]
+        if tombstones and self._tombstones is not None:
+            await self._tombstones.forget_published(tombstones)
         published = time.perf_counter()
         self._telemetry.lane(
             _figures(

@@ -82,6 +82,7 @@ def outcome_json(outcome: Outcome) -> bytes:
             "detail": outcome.detail,
             "version": outcome.version,
             "effective_at": None if outcome.effective_at is None else _utc(outcome.effective_at),
+            "applied_to": outcome.applied_to,
         },
         option=_OPTIONS,
     )

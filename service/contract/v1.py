@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.contract.storable import STORABLE_TEXT, parse_instant
-from service.domain.commands import Change, Command, Source, SourceChannel
+from service.domain.commands import Change, Command, CommandKind, Source, SourceChannel
 from service.domain.events import AppliedChange, Outcome, PreferenceChanged, Reason, Status
+from service.domain.identifiers import normalize
 from service.domain.model import Action, Rule
 
 
@@ -44,8 +45,16 @@ class ChangeV1(_Wire):
     channel: str = Field(min_length=1, max_length=64, pattern=STORABLE_TEXT)
 
 
+_SUBJECT = Annotated[str, Field(min_length=1, max_length=256, pattern=STORABLE_TEXT)]
+
+
 class CommandV1(_Wire):
-    """An opt-out/opt-in command as published to `optout.commands.v1`.
+    """A command as published to `optout.commands.v1`.
+
+    `kind` defaults to `preferences` (opt-outs and opt-ins in `changes`, contract v1 as first
+    published); `link` and `unlink` name an `identifier` (`email:`, `phone:`, `device:`),
+    `merge` names the subject to merge `into`, `erase` names nothing more. A subject id or
+    identifier with one of those prefixes is normalised here (``domain.identifiers``).
 
     Catalog membership is checked later, by the domain, so an unknown topic gets a precise
     `unknown_topic` outcome instead of a generic `invalid_payload`. Every string and the
@@ -53,10 +62,13 @@ class CommandV1(_Wire):
     """
 
     command_id: str = Field(min_length=1, max_length=128, pattern=STORABLE_TEXT)
-    subject_id: str = Field(min_length=1, max_length=256, pattern=STORABLE_TEXT)
+    subject_id: _SUBJECT
     occurred_at: AwareDatetime
     source: SourceV1
-    changes: list[ChangeV1] = Field(min_length=1, max_length=100)
+    kind: CommandKind = "preferences"
+    changes: list[ChangeV1] = Field(default_factory=list, max_length=100)
+    identifier: _SUBJECT | None = None
+    into: _SUBJECT | None = None
     reason: str | None = Field(default=None, max_length=500, pattern=STORABLE_TEXT)
     # No `:` (the event key is `{tenant}:{subject_id}`), lower case, so one tenant has one name.
     tenant: str = Field(default="default", pattern=TENANT_PATTERN)
@@ -65,6 +77,26 @@ class CommandV1(_Wire):
     @classmethod
     def _rfc3339_within_range(cls, value: object) -> object:
         return parse_instant(value)
+
+    @field_validator("subject_id", "identifier", "into")
+    @classmethod
+    def _normalised(cls, value: str | None) -> str | None:
+        return None if value is None else normalize(value)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> CommandV1:
+        if self.kind == "preferences":
+            if not self.changes:
+                raise ValueError("changes: a preferences command needs 1 to 100 changes")
+        elif self.changes:
+            raise ValueError(f"changes: a {self.kind} command takes none")
+        needed = {"link": "identifier", "unlink": "identifier", "merge": "into"}.get(self.kind)
+        for name in ("identifier", "into"):
+            if getattr(self, name) is not None and name != needed:
+                raise ValueError(f"{name}: not a field of a {self.kind} command")
+        if needed is not None and getattr(self, needed) is None:
+            raise ValueError(f"{needed}: required by a {self.kind} command")
+        return self
 
     def to_domain(self) -> Command:
         return Command(
@@ -80,6 +112,8 @@ class CommandV1(_Wire):
             ),
             changes=tuple(Change(c.action, c.topic, c.channel) for c in self.changes),
             reason=self.reason,
+            kind=self.kind,
+            target=self.identifier if self.identifier is not None else self.into,
         )
 
 
@@ -197,6 +231,9 @@ class OutcomeV1(_Wire):
     detail: str | None = None
     version: int | None = None
     effective_at: datetime | None = None
+    # The subject the command applied to, when it named another id (an identifier linked to
+    # it, a subject merged into it, an erased identifier's suppression).
+    applied_to: str | None = None
 
     @classmethod
     def from_domain(cls, outcome: Outcome) -> OutcomeV1:
@@ -209,6 +246,7 @@ class OutcomeV1(_Wire):
             detail=outcome.detail,
             version=outcome.version,
             effective_at=None if outcome.effective_at is None else _utc(outcome.effective_at),
+            applied_to=outcome.applied_to,
         )
 
     def to_domain(self) -> Outcome:
@@ -221,4 +259,5 @@ class OutcomeV1(_Wire):
             detail=self.detail,
             version=self.version,
             effective_at=self.effective_at,
+            applied_to=self.applied_to,
         )

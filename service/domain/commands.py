@@ -20,6 +20,11 @@ SourceChannel = Literal[
 ]
 SOURCE_CHANNELS: frozenset[str] = frozenset(get_args(SourceChannel))
 
+CommandKind = Literal["preferences", "link", "unlink", "merge", "erase"]
+"""`preferences` changes rules (contract v1 as first published); the others change identity:
+`link`/`unlink` an identifier (`target`) to/from the subject, `merge` the subject into
+another (`target`), `erase` the subject's personal data."""
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -51,6 +56,8 @@ class Command:
     source: Source
     changes: tuple[Change, ...]
     reason: str | None = None
+    kind: CommandKind = "preferences"
+    target: str | None = None
 
     @property
     def key(self) -> SubjectKey:
@@ -88,6 +95,11 @@ def content_hash(command: Command) -> str:
         ],
         "reason": command.reason,
     }
+    # Only identity commands carry these: a preference command hashes exactly as before, so
+    # the hashes already in the processed log keep recognising duplicates.
+    if command.kind != "preferences":
+        canonical["kind"] = command.kind
+        canonical["target"] = command.target
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -19,7 +19,12 @@ Reason = Literal[
     "mandatory_topic",
     "future_timestamp",
     "command_id_conflict",
+    "erased",
+    "erasure_unavailable",
+    "identifier_linked_elsewhere",
+    "not_linked",
 ]
+HistoryAction = Literal["opt_out", "opt_in", "link", "unlink", "merge", "erase"]
 
 # Fixed forever: event ids derived from it must stay stable across releases and replays.
 EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
@@ -76,24 +81,44 @@ class Outcome:
     detail: str | None = None
     version: int | None = None
     effective_at: datetime | None = None
+    applied_to: str | None = None
+    """The subject the command applied to, when not the one it named (a forward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """The end of a subject id on the compacted topic (value null): it was merged into
+    another subject, linked to one, or erased. Stored with the events, so a redelivery of
+    its command publishes it again."""
+
+    tenant: str
+    subject_id: str
+    version: int
+    command_id: str
+    effective_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """A proof-of-consent row: who changed what, when, and how (GDPR Art. 7).
 
-    The only place ip and user agent are kept; they never reach logs or events.
+    The only place ip and user agent are kept; they never reach logs or events. Identity
+    changes are rows too (topic and channel empty; `related` names the identifier linked or
+    the subject merged in), and `addressed_as` names the id a command used when it forwarded
+    to `key`.
     """
 
     key: SubjectKey
     command_id: str
-    action: Action
-    topic: str
-    channel: str
+    action: HistoryAction
+    topic: str | None
+    channel: str | None
     occurred_at: datetime
     effective_at: datetime
     source: Source
     reason: str | None
+    addressed_as: str | None = None
+    related: str | None = None
 
 
 def event_id_for(tenant: str, subject_id: str, version: int) -> str:

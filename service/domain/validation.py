@@ -11,7 +11,10 @@ from datetime import UTC, datetime, timedelta
 from service.domain.catalog import Catalog
 from service.domain.commands import SOURCE_CHANNELS, Command
 from service.domain.events import Reason
+from service.domain.identifiers import is_erased, is_identifier
 from service.domain.model import WILDCARD
+
+_TARGET_NAME = {"link": "identifier", "unlink": "identifier", "merge": "into"}
 
 
 def validate(
@@ -28,13 +31,12 @@ def validate(
         return "invalid_payload", "occurred_at must carry a UTC offset"
     if command.source.channel not in SOURCE_CHANNELS:
         return "invalid_payload", f"unknown source channel {command.source.channel!r}"
+    if command.kind != "preferences":
+        return _validate_identity(command, now=now, max_future=max_future)
     if not command.changes:
         return "invalid_payload", "a command needs at least one change"
     if command.occurred_at > now + max_future:
-        return (
-            "future_timestamp",
-            f"occurred_at is more than {int(max_future.total_seconds())}s in the future",
-        )
+        return _future(max_future)
     # The catalog's vocabulary and resolved flags as plain sets, looked up once per command
     # rather than through a method call (and a lineage walk) per change.
     topics, channels = catalog.topics, catalog.channels
@@ -52,4 +54,35 @@ def validate(
             )
         if change.action == "opt_out" and topic != WILDCARD and topic in mandatory:
             return "mandatory_topic", f"changes[{index}]: {topic!r} is mandatory"
+    return None
+
+
+def _future(max_future: timedelta) -> tuple[Reason, str]:
+    return (
+        "future_timestamp",
+        f"occurred_at is more than {int(max_future.total_seconds())}s in the future",
+    )
+
+
+def _validate_identity(
+    command: Command, *, now: datetime, max_future: timedelta
+) -> tuple[Reason, str] | None:
+    """Identity commands name no rules; `link`/`unlink` name an identifier, `merge` a
+    subject to merge into. Ids of erased suppressions are the service's own, never input."""
+    kind = command.kind
+    if command.changes:
+        return "invalid_payload", f"a {kind} command takes no changes"
+    if is_erased(command.subject_id):
+        return "invalid_payload", "subject_id names an erased suppression"
+    target_name = _TARGET_NAME.get(kind)
+    if target_name is not None:
+        target = command.target
+        if not target:
+            return "invalid_payload", f"a {kind} command needs {target_name}"
+        if is_erased(target):
+            return "invalid_payload", f"{target_name} names an erased suppression"
+        if kind != "merge" and not is_identifier(target):
+            return "invalid_payload", "identifier must start with email:, phone: or device:"
+    if command.occurred_at > now + max_future:
+        return _future(max_future)
     return None

@@ -224,4 +224,5 @@ def test_outcome_serialises() -> None:
         "detail": "changes[0]: x",
         "version": None,
         "effective_at": None,
+        "applied_to": None,
     }

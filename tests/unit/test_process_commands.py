@@ -85,16 +85,35 @@ class FakeUnitOfWork:
         keys: Sequence[SubjectKey],
         commands: Sequence[CommandKey],
         deliveries: set[Delivery],
+        lookups: Sequence[SubjectKey] = (),
+        forwarders: bool = False,
     ) -> Loaded:
         work = self._work
-        states = {k: work.states[k] for k in keys if k in work.states}
+        states = {k: work.states[k] for k in [*keys, *lookups] if k in work.states}
+        frontier = list(states.values())
+        while frontier:
+            targets = [
+                SubjectKey(s.key.tenant, s.merged_into)
+                for s in frontier
+                if s.merged_into is not None
+            ]
+            frontier = [work.states[t] for t in targets if t in work.states and t not in states]
+            states.update((s.key, s) for s in frontier)
+        found: dict[SubjectKey, list[str]] = {}
+        if forwarders:
+            ends = {k for k, s in states.items() if s.merged_into is None}
+            for key, state in work.states.items():
+                end = SubjectKey(key.tenant, state.merged_into or "")
+                if end in ends:
+                    found.setdefault(end, []).append(key.subject_id)
+                    states[key] = state
         processed = {c: work.processed[c] for c in commands if c in work.processed}
         answers = {
             c: StoredAnswer(work.outcomes[c], tuple(work.events.get(c, ())))
             for c, p in processed.items()
             if p.delivery in deliveries
         }
-        return Loaded(states, processed, answers, NOW)
+        return Loaded(states, processed, answers, NOW, found)
 
     async def save(self, batch: ToSave) -> None:
         if self._work.fail_save:
@@ -105,6 +124,15 @@ class FakeUnitOfWork:
         ):
             raise Refused("refused by PostgreSQL (SQLSTATE 22P05)")
         work.states.update(batch.result.changed)
+        for tenant, old, new in batch.result.repointed:
+            for key, state in list(work.states.items()):
+                if key.tenant == tenant and state.merged_into == old and key.subject_id != new:
+                    work.states[key] = SubjectState.adopting(
+                        key, state.version, {}, new, state.erased
+                    )
+        for erasure in batch.result.erasures:
+            if erasure.replacement != erasure.subject_id:
+                work.states.pop(SubjectKey(erasure.tenant, erasure.subject_id), None)
         for entry, payload in zip(batch.result.processed, batch.processed_outcomes, strict=True):
             work.processed[entry.key] = entry
             work.outcomes[entry.key] = payload
@@ -113,13 +141,17 @@ class FakeUnitOfWork:
             work.events.setdefault((event.tenant, event.command_id), []).append(
                 EventMessage(event.tenant, event.subject_id, encoded.payload)
             )
+        for tombstone in batch.result.tombstones:
+            work.events.setdefault((tombstone.tenant, tombstone.command_id), []).append(
+                EventMessage(tombstone.tenant, tombstone.subject_id, None)
+            )
 
 
 @dataclass
 class FakeCache:
     written: list[SubjectState] = field(default_factory=list)
 
-    async def write(self, states: Sequence[SubjectState]) -> int:
+    async def write(self, states: Sequence[SubjectState], ttl_seconds: int | None = None) -> int:
         self.written.extend(states)
         return len(states)
 
@@ -205,6 +237,7 @@ async def test_applied_command_is_stored_cached_and_published() -> None:
     assert [s.version for s in h.cache.written] == [1]
     assert h.publisher.statuses() == [("applied", None)]
     (event,) = h.publisher.events
+    assert event.payload is not None
     assert orjson.loads(event.payload)["preferences"][0]["topic"] == "marketing"
     # The outcome published is the one stored in the log, byte for byte.
     assert h.publisher.outcomes[0].payload == h.db.outcomes[("default", "c1")]
@@ -293,7 +326,7 @@ async def test_failing_publisher_raises_and_the_retry_publishes_the_same_answers
     await h.process(batch)
     assert h.db.states == committed
     assert h.publisher.statuses() == [("applied", None), ("applied", None)]
-    assert [orjson.loads(e.payload)["version"] for e in h.publisher.events] == [1, 2]
+    assert [orjson.loads(e.payload or b"")["version"] for e in h.publisher.events] == [1, 2]
     assert [o.payload for o in h.publisher.outcomes] == [
         h.db.outcomes[("default", "c1")],
         h.db.outcomes[("default", "c2")],

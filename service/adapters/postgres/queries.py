@@ -15,16 +15,28 @@ ON CONFLICT DO NOTHING
 # come back in the same round trip; a subject without rules gives one row of NULLs.
 LOCK_SUBJECTS_WITH_RULES = """
 WITH locked AS (
-    SELECT s.tenant, s.subject_id, s.version
+    SELECT s.tenant, s.subject_id, s.version, s.merged_into, s.erased_at
     FROM subjects s
     JOIN unnest($1::text[], $2::text[]) AS u(t, sid) ON s.tenant = u.t AND s.subject_id = u.sid
     ORDER BY s.tenant, s.subject_id
     FOR UPDATE OF s
 )
-SELECT l.tenant, l.subject_id, l.version, clock_timestamp() AS now,
+SELECT l.tenant, l.subject_id, l.version, l.merged_into, l.erased_at,
+       clock_timestamp() AS now,
        r.topic, r.channel, r.action, r.occurred_at, r.source_channel, r.command_id
 FROM locked l
 LEFT JOIN rules r ON r.tenant = l.tenant AND r.subject_id = l.subject_id
+"""
+
+# Every id forwarding to the given subjects, locked: an erasure erases them all.
+LOCK_FORWARDERS = """
+SELECT s.tenant, s.subject_id, s.version, s.merged_into, s.erased_at,
+       NULL::text AS topic, NULL::text AS channel, NULL::text AS action,
+       NULL::timestamptz AS occurred_at, NULL::text AS source_channel, NULL::text AS command_id
+FROM subjects s
+JOIN unnest($1::text[], $2::text[]) AS u(t, sid) ON s.tenant = u.t AND s.merged_into = u.sid
+ORDER BY s.tenant, s.subject_id
+FOR UPDATE OF s
 """
 
 NOW = "SELECT clock_timestamp()"
@@ -39,7 +51,7 @@ JOIN unnest($1::text[], $2::text[]) AS u(t, cid) ON p.tenant = u.t AND p.command
 """
 
 LOAD_EVENTS_OF_COMMANDS = """
-SELECT e.tenant, e.command_id, e.subject_id, e.payload::text AS payload
+SELECT e.tenant, e.command_id, e.subject_id, e.version, e.payload::text AS payload
 FROM preference_events e
 JOIN unnest($1::text[], $2::text[]) AS u(t, cid) ON e.tenant = u.t AND e.command_id = u.cid
 ORDER BY e.tenant, e.subject_id, e.version
@@ -71,20 +83,25 @@ upsert_rules AS (
 ),
 bump_versions AS (
     UPDATE subjects s
-    SET version = x.version, updated_at = now()
-    FROM json_to_recordset($2::json) AS x(tenant text, subject_id text, version bigint)
+    SET version = x.version, merged_into = x.merged_into,
+        erased_at = CASE WHEN x.erased THEN coalesce(s.erased_at, now()) END,
+        updated_at = now()
+    FROM json_to_recordset($2::json) AS x(
+        tenant text, subject_id text, version bigint, merged_into text, erased boolean)
     WHERE s.tenant = x.tenant AND s.subject_id = x.subject_id AND s.version < x.version
 ),
 history AS (
     INSERT INTO consent_history (tenant, subject_id, command_id, action, topic, channel,
                                  occurred_at, effective_at, source_channel, source_app,
-                                 source_ip, source_user_agent, reason)
+                                 source_ip, source_user_agent, reason, addressed_as, related)
     SELECT tenant, subject_id, command_id, action, topic, channel, occurred_at, effective_at,
-           source_channel, source_app, source_ip, source_user_agent, reason
+           source_channel, source_app, source_ip, source_user_agent, reason, addressed_as,
+           related
     FROM json_to_recordset($3::json) AS x(
         tenant text, subject_id text, command_id text, action text, topic text, channel text,
         occurred_at timestamptz, effective_at timestamptz, source_channel text,
-        source_app text, source_ip text, source_user_agent text, reason text)
+        source_app text, source_ip text, source_user_agent text, reason text,
+        addressed_as text, related text)
 ),
 events AS (
     INSERT INTO preference_events (tenant, subject_id, version, command_id, event_id,
@@ -115,6 +132,105 @@ processed AS (
     WHERE processed_commands.outcome ->> 'status' = 'rejected'
 )
 SELECT 1
+"""
+
+# Identity changes, before STORE_BATCH: the rule sets rewritten whole are emptied (the
+# batch's final rules of those subjects are then inserted by STORE_BATCH), and the rows of
+# erased identifiers' suppressions are created.
+IDENTITY_BEFORE = """
+WITH
+cleared AS (
+    DELETE FROM rules r
+    USING unnest($1::text[], $2::text[]) AS u(t, sid)
+    WHERE r.tenant = u.t AND r.subject_id = u.sid
+)
+INSERT INTO subjects (tenant, subject_id)
+SELECT t, sid FROM unnest($3::text[], $4::text[]) AS u(t, sid)
+ORDER BY t, sid
+ON CONFLICT DO NOTHING
+"""
+
+# Identity changes, after STORE_BATCH (so the batch's own rows are covered): forwards are
+# re-pointed to the end of their chain; each erased id's consent history loses its
+# personal fields (identifiers in clear become their keyed hashes, other identifiers are
+# removed), the processed log names the hash, and an erased identifier's row and events
+# are deleted. $1: json [{tenant, old, new}]; $2: json [{tenant, name, replacement,
+# erased_at, command_id}] with every id of each erased person, the hashes included; the
+# erasure's own tombstones stay until published (FORGET_TOMBSTONES).
+IDENTITY_AFTER = """
+WITH
+repoint AS (
+    UPDATE subjects s SET merged_into = x.new, updated_at = now()
+    FROM json_to_recordset($1::json) AS x(tenant text, old text, new text)
+    WHERE s.tenant = x.tenant AND s.merged_into = x.old AND s.subject_id <> x.new
+),
+m AS (
+    SELECT * FROM json_to_recordset($2::json)
+        AS x(tenant text, name text, replacement text, erased_at timestamptz,
+             command_id text)
+),
+history AS (
+    UPDATE consent_history h
+    SET subject_id = m.replacement,
+        addressed_as = CASE
+            WHEN h.addressed_as IS NULL THEN NULL
+            ELSE coalesce(
+                (SELECT m2.replacement FROM m m2
+                 WHERE m2.tenant = h.tenant AND m2.name = h.addressed_as),
+                CASE WHEN h.addressed_as ~ '^(email|phone|device):' THEN NULL
+                     ELSE h.addressed_as END)
+        END,
+        related = CASE
+            WHEN h.related IS NULL THEN NULL
+            ELSE coalesce(
+                (SELECT m2.replacement FROM m m2
+                 WHERE m2.tenant = h.tenant AND m2.name = h.related),
+                CASE WHEN h.related ~ '^(email|phone|device):' THEN NULL
+                     ELSE h.related END)
+        END,
+        source_ip = NULL, source_user_agent = NULL, reason = NULL,
+        erased_at = m.erased_at
+    FROM m
+    WHERE h.tenant = m.tenant AND h.subject_id = m.name AND h.erased_at IS NULL
+),
+processed AS (
+    UPDATE processed_commands p
+    SET subject_id = m.replacement,
+        outcome = (p.outcome::jsonb || jsonb_build_object('subject_id', m.replacement)
+                   || CASE WHEN p.outcome ->> 'applied_to' ~ '^(email|phone|device):'
+                           THEN jsonb_build_object('applied_to', coalesce(
+                               (SELECT m2.replacement FROM m m2
+                                WHERE m2.tenant = p.tenant
+                                  AND m2.name = p.outcome ->> 'applied_to'), 'erased'))
+                           ELSE '{}'::jsonb END)::json
+    FROM m
+    WHERE p.tenant = m.tenant AND p.subject_id = m.name AND m.name <> m.replacement
+),
+events AS (
+    DELETE FROM preference_events e
+    USING m
+    WHERE e.tenant = m.tenant AND e.subject_id = m.name AND m.name <> m.replacement
+      AND NOT (e.payload IS NULL AND e.command_id = m.command_id)
+)
+DELETE FROM subjects s
+USING m
+WHERE s.tenant = m.tenant AND s.subject_id = m.name AND m.name <> m.replacement
+"""
+
+# Rows the load created for ids that turned out to stand for an erased identifier.
+DISCARD_SUBJECTS = """
+DELETE FROM subjects s
+USING unnest($1::text[], $2::text[]) AS u(t, sid)
+WHERE s.tenant = u.t AND s.subject_id = u.sid AND s.version = 0 AND s.merged_into IS NULL
+"""
+
+# An erased identifier's tombstone, stored so a redelivery could publish it again, holds the
+# identifier in clear: once Kafka has it, it goes (the erasure already deleted the id's row).
+FORGET_TOMBSTONES = """
+DELETE FROM preference_events e
+USING unnest($1::text[], $2::text[]) AS u(t, sid)
+WHERE e.tenant = u.t AND e.subject_id = u.sid AND e.payload IS NULL
+  AND NOT EXISTS (SELECT 1 FROM subjects s WHERE s.tenant = u.t AND s.subject_id = u.sid)
 """
 
 # The read path's cache misses: never locks, one round trip for any number of subjects;

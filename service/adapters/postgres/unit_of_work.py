@@ -25,6 +25,8 @@ from service.application.ports import EventMessage, Loaded, StoredAnswer, ToSave
 from service.contract.v1 import OutcomeV1
 from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
+from service.domain.events import event_id_for
+from service.domain.identifiers import is_erased
 from service.domain.model import SubjectKey
 
 
@@ -73,28 +75,94 @@ class PostgresCommandUnitOfWork:
         keys: Sequence[SubjectKey],
         commands: Sequence[CommandKey],
         deliveries: set[Delivery],
+        lookups: Sequence[SubjectKey] = (),
+        forwarders: bool = False,
     ) -> Loaded:
         with postgres_errors():
-            return await self._load(keys, commands, deliveries)
+            return await self._load(keys, commands, deliveries, lookups, forwarders)
 
     async def _load(
         self,
         keys: Sequence[SubjectKey],
         commands: Sequence[CommandKey],
         deliveries: set[Delivery],
+        lookups: Sequence[SubjectKey],
+        with_forwarders: bool,
     ) -> Loaded:
         conn = self._connection
         if keys:
             tenants = [k.tenant for k in keys]
             subject_ids = [k.subject_id for k in keys]
             await conn.execute(queries.ENSURE_SUBJECTS, tenants, subject_ids)
-            locked = await conn.fetch(queries.LOCK_SUBJECTS_WITH_RULES, tenants, subject_ids)
+            locking = [*keys, *lookups] if lookups else keys
+            locked = list(await self._lock(conn, locking))
             now: datetime = locked[0]["now"]
         else:
             locked = []
             now = await conn.fetchval(queries.NOW)
+        forwarders: dict[SubjectKey, list[str]] = {}
+        if any(row["merged_into"] is not None for row in locked) or with_forwarders:
+            locked.extend(await self._lock_targets(conn, locked))
+            if with_forwarders:
+                forwarders = await self._lock_forwarders(conn, locked)
         processed, answers = await self._load_processed(conn, commands, deliveries)
-        return Loaded(states_from_rows(locked), processed, answers, now)
+        return Loaded(states_from_rows(locked), processed, answers, now, forwarders)
+
+    @staticmethod
+    async def _lock(conn: Connection, keys: Sequence[SubjectKey]) -> list[Any]:
+        return list(
+            await conn.fetch(
+                queries.LOCK_SUBJECTS_WITH_RULES,
+                [k.tenant for k in keys],
+                [k.subject_id for k in keys],
+            )
+        )
+
+    async def _lock_targets(self, conn: Connection, locked: list[Any]) -> list[Any]:
+        """Lock the targets of the forwards among `locked`, and theirs, to the ends.
+
+        Stored forwards are one hop deep, so this is one round trip unless a merge
+        committed between two reads; the locks then serialise with it.
+        """
+        have = {(row["tenant"], row["subject_id"]) for row in locked}
+        added: list[Any] = []
+        frontier = locked
+        while True:
+            wanted = sorted(
+                {
+                    SubjectKey(row["tenant"], row["merged_into"])
+                    for row in frontier
+                    if row["merged_into"] is not None
+                    and (row["tenant"], row["merged_into"]) not in have
+                }
+            )
+            if not wanted:
+                return added
+            frontier = await self._lock(conn, wanted)
+            have.update((k.tenant, k.subject_id) for k in wanted)
+            have.update((row["tenant"], row["subject_id"]) for row in frontier)
+            added.extend(frontier)
+
+    async def _lock_forwarders(
+        self, conn: Connection, locked: list[Any]
+    ) -> dict[SubjectKey, list[str]]:
+        ends = sorted(
+            {
+                SubjectKey(row["tenant"], row["subject_id"])
+                for row in locked
+                if not row["merged_into"]
+            }
+        )
+        rows = await conn.fetch(
+            queries.LOCK_FORWARDERS, [k.tenant for k in ends], [k.subject_id for k in ends]
+        )
+        found: dict[SubjectKey, list[str]] = {}
+        for row in rows:
+            found.setdefault(SubjectKey(row["tenant"], row["merged_into"]), []).append(
+                row["subject_id"]
+            )
+        locked.extend(rows)
+        return found
 
     async def _load_processed(
         self, conn: Connection, commands: Sequence[CommandKey], deliveries: set[Delivery]
@@ -124,8 +192,11 @@ class PostgresCommandUnitOfWork:
             [t for t, _ in redelivered],
             [c for _, c in redelivered],
         ):
+            payload = row["payload"]
             events.setdefault((row["tenant"], row["command_id"]), []).append(
-                EventMessage(row["tenant"], row["subject_id"], row["payload"].encode())
+                EventMessage(
+                    row["tenant"], row["subject_id"], None if payload is None else payload.encode()
+                )
             )
         answers = {
             key: StoredAnswer(row["outcome"].encode(), tuple(events.get(key, ())))
@@ -139,14 +210,42 @@ class PostgresCommandUnitOfWork:
 
     async def _save(self, batch: ToSave) -> None:
         result = batch.result
+        conn = self._connection
+        if result.discarded:
+            discarded = sorted(result.discarded)
+            await conn.execute(
+                queries.DISCARD_SUBJECTS,
+                [k.tenant for k in discarded],
+                [k.subject_id for k in discarded],
+            )
         if not (result.changed or result.processed):
             return
-        # One row per (subject, topic, channel): the final rule of the batch.
+        changed = result.changed
+        replaced = result.replaced
+        # One row per (subject, topic, channel): the final rule of the batch. A subject whose
+        # rule set is rewritten whole gets all its final rules, after its old ones are gone.
         final = {
-            (key, rule.topic, rule.channel): result.changed[key].rules[(rule.topic, rule.channel)]
+            (key, rule.topic, rule.channel): state.rules[(rule.topic, rule.channel)]
             for key, rule in result.upserted_rules
+            if key not in replaced
+            and (state := changed.get(key)) is not None
+            and (rule.topic, rule.channel) in state.rules
         }
-        await self._connection.execute(
+        if replaced:
+            created = sorted(k for k in replaced if k in changed and is_erased(k.subject_id))
+            ordered = sorted(replaced)
+            await conn.execute(
+                queries.IDENTITY_BEFORE,
+                [k.tenant for k in ordered],
+                [k.subject_id for k in ordered],
+                [k.tenant for k in created],
+                [k.subject_id for k in created],
+            )
+            for key in ordered:
+                state = changed.get(key)
+                if state is not None:
+                    final.update(((key, r.topic, r.channel), r) for r in state.rules.values())
+        await conn.execute(
             queries.STORE_BATCH,
             [
                 {
@@ -162,8 +261,14 @@ class PostgresCommandUnitOfWork:
                 for (key, _, _), r in final.items()
             ],
             [
-                {"tenant": s.key.tenant, "subject_id": s.key.subject_id, "version": s.version}
-                for s in result.changed.values()
+                {
+                    "tenant": s.key.tenant,
+                    "subject_id": s.key.subject_id,
+                    "version": s.version,
+                    "merged_into": s.merged_into,
+                    "erased": s.erased,
+                }
+                for s in changed.values()
             ],
             [
                 {
@@ -180,6 +285,8 @@ class PostgresCommandUnitOfWork:
                     "source_ip": h.source.ip,
                     "source_user_agent": h.source.user_agent,
                     "reason": h.reason,
+                    "addressed_as": h.addressed_as,
+                    "related": h.related,
                 }
                 for h in result.history
             ],
@@ -194,6 +301,18 @@ class PostgresCommandUnitOfWork:
                     "payload": orjson.Fragment(e.payload),
                 }
                 for e in batch.events
+            ]
+            + [
+                {
+                    "tenant": t.tenant,
+                    "subject_id": t.subject_id,
+                    "version": t.version,
+                    "command_id": t.command_id,
+                    "event_id": event_id_for(t.tenant, t.subject_id, t.version),
+                    "effective_at": t.effective_at,
+                    "payload": None,
+                }
+                for t in result.tombstones
             ],
             [
                 {
@@ -209,6 +328,40 @@ class PostgresCommandUnitOfWork:
                 for p, payload in zip(result.processed, batch.processed_outcomes, strict=True)
             ],
         )
+        if result.repointed or result.erasures:
+            await conn.execute(
+                queries.IDENTITY_AFTER,
+                orjson.dumps(
+                    [{"tenant": t, "old": old, "new": new} for t, old, new in result.repointed]
+                ).decode(),
+                orjson.dumps(
+                    [
+                        {
+                            "tenant": e.tenant,
+                            "name": e.subject_id,
+                            "replacement": e.replacement,
+                            "erased_at": e.erased_at,
+                            "command_id": e.command_id,
+                        }
+                        for e in result.erasures
+                    ]
+                ).decode(),
+            )
+
+
+class PostgresTombstoneLog:
+    """Forgets erased identifiers' tombstones once published (``ports.TombstoneLog``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def forget_published(self, tombstones: Sequence[EventMessage]) -> None:
+        with postgres_errors():
+            await self._pool.execute(
+                queries.FORGET_TOMBSTONES,
+                [t.tenant for t in tombstones],
+                [t.subject_id for t in tombstones],
+            )
 
 
 def _delivery(row: Any) -> Delivery:
