@@ -132,9 +132,9 @@ class Oracle:
         covering_channels = {channel, WILDCARD} if channel != WILDCARD else {WILDCARD}
         best: Rule | None = None
         for rule in self.statements.get(self.find(name), []):
-            if rule.topic in covering_topics and rule.channel in covering_channels:
-                if best is None or rule.precedence_key() > best.precedence_key():
-                    best = rule
+            covers = rule.topic in covering_topics and rule.channel in covering_channels
+            if covers and (best is None or rule.precedence_key() > best.precedence_key()):
+                best = rule
         return spec.default_allowed if best is None else best.action == "opt_in"
 
 
