@@ -146,7 +146,7 @@ class _Batch:
             if self.pseudonym is not None and is_identifier(key.subject_id):
                 hashed = self.pseudonym(key)
                 if self.known_state(hashed) is not None:
-                    return hashed
+                    key = hashed  # erased: its suppression, or the erased subject it names
             state = self.known_state(key)
             if state is None or state.merged_into is None:
                 return key
@@ -446,6 +446,8 @@ class _Batch:
         """A command for an erased person: opt-outs are already in force; anything else
         would contact someone who asked to be forgotten, and is refused."""
         self.result.states[state.key] = state
+        # The answer is stored: it names the identifier by its hash, never in clear again.
+        named = self.public_id(command.key)
         if all(change.action == "opt_out" for change in command.changes):
             self.finish(
                 command,
@@ -456,6 +458,7 @@ class _Batch:
                 "the subject was erased and stays suppressed",
                 state.version,
                 state.key,
+                named,
             )
             return
         self.finish(
@@ -467,6 +470,7 @@ class _Batch:
             "the subject was erased; it stays suppressed and cannot be opted in",
             state.version,
             state.key,
+            named,
         )
 
     # Identity: link, unlink, merge and erase.
@@ -482,7 +486,15 @@ class _Batch:
         assert command.target is not None  # validated
         named = SubjectKey(command.tenant, command.target)
         if self.state(subject).erased:
-            self.finish(command, digest, delivery, "rejected", "erased", "the subject was erased")
+            self.finish(
+                command,
+                digest,
+                delivery,
+                "rejected",
+                "erased",
+                "the subject was erased",
+                subject_id=self.public_id(command.key),
+            )
             return
         if command.kind == "merge":
             into = self.resolve(named)
@@ -686,7 +698,11 @@ class _Batch:
                 if hashed != final:
                     self.keep(
                         SubjectState.adopting(
-                            hashed, self.state(hashed).version + 1, {}, final.subject_id
+                            hashed,
+                            self.state(hashed).version + 1,
+                            {},
+                            final.subject_id,
+                            erased=True,
                         )
                     )
             else:

@@ -56,6 +56,7 @@ class ContractClient:
     dead_letters: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = field(
         default_factory=list
     )
+    tombstones: list[str] = field(default_factory=list)
     _producer: AIOKafkaProducer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -112,6 +113,9 @@ class ContractClient:
         self.outcomes[doc["command_id"]].append(doc)
 
     def _on_event(self, r: Any) -> None:
+        if r.value is None:  # a tombstone: the id was merged, linked or erased
+            self.tombstones.append(r.key.decode())
+            return
         doc = json.loads(r.value)
         assert r.key == f"{doc['tenant']}:{doc['subject_id']}".encode()
         self.events[doc["subject_id"]].append(doc)

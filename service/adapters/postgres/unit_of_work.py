@@ -231,8 +231,9 @@ class PostgresCommandUnitOfWork:
             and (state := changed.get(key)) is not None
             and (rule.topic, rule.channel) in state.rules
         }
-        if replaced:
-            created = sorted(k for k in replaced if k in changed and is_erased(k.subject_id))
+        created = [k for k in changed if is_erased(k.subject_id)]
+        if replaced or created:
+            created.sort()
             ordered = sorted(replaced)
             await conn.execute(
                 queries.IDENTITY_BEFORE,
@@ -331,21 +332,17 @@ class PostgresCommandUnitOfWork:
         if result.repointed or result.erasures:
             await conn.execute(
                 queries.IDENTITY_AFTER,
-                orjson.dumps(
-                    [{"tenant": t, "old": old, "new": new} for t, old, new in result.repointed]
-                ).decode(),
-                orjson.dumps(
-                    [
-                        {
-                            "tenant": e.tenant,
-                            "name": e.subject_id,
-                            "replacement": e.replacement,
-                            "erased_at": e.erased_at,
-                            "command_id": e.command_id,
-                        }
-                        for e in result.erasures
-                    ]
-                ).decode(),
+                [{"tenant": t, "old": old, "new": new} for t, old, new in result.repointed],
+                [
+                    {
+                        "tenant": e.tenant,
+                        "name": e.subject_id,
+                        "replacement": e.replacement,
+                        "erased_at": e.erased_at,
+                        "command_id": e.command_id,
+                    }
+                    for e in result.erasures
+                ],
             )
 
 
