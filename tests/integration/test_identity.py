@@ -128,7 +128,8 @@ async def test_linking_keeps_the_identifiers_earlier_opt_out(
     freed = await client.apply(identity("unlink", "user-2", 60, identifier=EMAIL))
     assert freed["status"] == "applied"
     stored = await row(settings, EMAIL)
-    assert stored is not None and stored["merged_into"] is None
+    assert stored is not None
+    assert stored["merged_into"] is None
     # Unlinked, the address keeps the rules that applied to it, and is its own subject.
     assert await allowed(settings, EMAIL, "marketing.newsletter", "email")
     await client.apply(command(EMAIL, [("opt_out", "*", "*")], occurred_at=at(70)))
@@ -156,7 +157,8 @@ async def test_merges_in_both_orders_keep_every_opt_out(
     event = await client.event(kept, merged["version"])
     assert event["command_id"] == merged["command_id"]
     stored = await row(settings, gone)
-    assert stored is not None and stored["merged_into"] == kept
+    assert stored is not None
+    assert stored["merged_into"] == kept
 
 
 async def test_a_chain_of_merges_forwards_every_id_to_the_last(
@@ -172,7 +174,8 @@ async def test_a_chain_of_merges_forwards_every_id_to_the_last(
     # Forwards stay one hop deep: every id points at c.
     for name in ("a", "b", EMAIL):
         stored = await row(settings, name)
-        assert stored is not None and stored["merged_into"] == "c", name
+        assert stored is not None, name
+        assert stored["merged_into"] == "c", name
     outcome = await client.apply(command("a", [("opt_out", "*", "push")], occurred_at=at(7)))
     assert outcome["applied_to"] == "c"
     for name in ("a", "b", "c", EMAIL):
@@ -215,7 +218,7 @@ async def clear_text_in_postgres(settings: Settings, needle: str) -> list[str]:
         found = []
         for table in tables:
             hits = await conn.fetchval(
-                f'SELECT count(*) FROM "{table}" t WHERE t::text ILIKE $1',  # noqa: S608
+                f'SELECT count(*) FROM "{table}" t WHERE t::text ILIKE $1',
                 f"%{needle}%",
             )
             if hits:
@@ -257,7 +260,8 @@ async def test_erasure_keeps_the_suppression_and_no_identifier_in_clear(
     assert erased["status"] == "applied"
     assert "alice" not in str(erased)
     assert erased["subject_id"] == pseudonym(KEY.encode(), "default", EMAIL)
-    assert "kept" in erased["detail"] and "erased" in erased["detail"]
+    assert "kept" in erased["detail"]
+    assert "erased" in erased["detail"]
     assert f"default:{EMAIL}" in client.tombstones
     assert "default:user-9" in client.tombstones
 
