@@ -33,7 +33,7 @@ class IdentityHarness(Harness):
         )
 
 
-def identity(command_id: str, kind: str, subject: str, **fields: str) -> dict[str, Any]:
+def identity(command_id: str, kind: str, subject: str, **fields: Any) -> dict[str, Any]:
     doc = command(command_id, subject, kind=kind, **fields)
     del doc["changes"]
     return doc
