@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from service.contract.storable import STORABLE_TEXT, parse_instant
 from service.domain.commands import Change, Command, CommandKind, Source, SourceChannel
@@ -46,6 +53,7 @@ class ChangeV1(_Wire):
 
 
 _SUBJECT = Annotated[str, Field(min_length=1, max_length=256, pattern=STORABLE_TEXT)]
+_TARGET_FIELD = {"link": "identifier", "unlink": "identifier", "merge": "into"}
 
 
 class CommandV1(_Wire):
@@ -66,9 +74,9 @@ class CommandV1(_Wire):
     occurred_at: AwareDatetime
     source: SourceV1
     kind: CommandKind = "preferences"
-    changes: list[ChangeV1] = Field(default_factory=list, max_length=100)
-    identifier: _SUBJECT | None = None
-    into: _SUBJECT | None = None
+    changes: list[ChangeV1] = Field(default_factory=list, max_length=100, validate_default=True)
+    identifier: _SUBJECT | None = Field(default=None, validate_default=True)
+    into: _SUBJECT | None = Field(default=None, validate_default=True)
     reason: str | None = Field(default=None, max_length=500, pattern=STORABLE_TEXT)
     # No `:` (the event key is `{tenant}:{subject_id}`), lower case, so one tenant has one name.
     tenant: str = Field(default="default", pattern=TENANT_PATTERN)
@@ -78,25 +86,35 @@ class CommandV1(_Wire):
     def _rfc3339_within_range(cls, value: object) -> object:
         return parse_instant(value)
 
-    @field_validator("subject_id", "identifier", "into")
+    @field_validator("subject_id")
     @classmethod
-    def _normalised(cls, value: str | None) -> str | None:
-        return None if value is None else normalize(value)
+    def _normalised(cls, value: str) -> str:
+        return normalize(value)
 
-    @model_validator(mode="after")
-    def _fields_of_kind(self) -> CommandV1:
-        if self.kind == "preferences":
-            if not self.changes:
-                raise ValueError("changes: a preferences command needs 1 to 100 changes")
-        elif self.changes:
-            raise ValueError(f"changes: a {self.kind} command takes none")
-        needed = {"link": "identifier", "unlink": "identifier", "merge": "into"}.get(self.kind)
-        for name in ("identifier", "into"):
-            if getattr(self, name) is not None and name != needed:
-                raise ValueError(f"{name}: not a field of a {self.kind} command")
-        if needed is not None and getattr(self, needed) is None:
-            raise ValueError(f"{needed}: required by a {self.kind} command")
-        return self
+    # Each check is on its own field, so an error names it (`changes`, `identifier`, `into`);
+    # `kind` is declared before them and already validated when they are.
+    @field_validator("changes")
+    @classmethod
+    def _changes_of_kind(cls, value: list[ChangeV1], info: ValidationInfo) -> list[ChangeV1]:
+        kind = info.data.get("kind", "preferences")
+        if kind == "preferences" and not value:
+            raise ValueError("a preferences command needs 1 to 100 changes")
+        if kind != "preferences" and value:
+            raise ValueError(f"a {kind} command takes none")
+        return value
+
+    @field_validator("identifier", "into")
+    @classmethod
+    def _target_of_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind", "preferences")
+        needed = _TARGET_FIELD.get(kind)
+        if value is None:
+            if needed == info.field_name:
+                raise ValueError(f"required by a {kind} command")
+            return None
+        if needed != info.field_name:
+            raise ValueError(f"not a field of a {kind} command")
+        return normalize(value)
 
     def to_domain(self) -> Command:
         return Command(
