@@ -26,6 +26,7 @@ from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import read_size_limits
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
+from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, PostgresTombstoneLog
@@ -35,6 +36,7 @@ from service.adapters.redis_client import RedisClient, create_redis, eviction_pr
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
+from service.application.history import ConsentHistory
 from service.application.intake import CommandIntake
 from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
@@ -71,6 +73,7 @@ class Container:
     worker_started: asyncio.Event = field(default_factory=asyncio.Event)
     worker_first_try: asyncio.Event = field(default_factory=asyncio.Event)
     channels: Channels | None = None
+    history: ConsentHistory | None = None
 
 
 @dataclass
@@ -117,6 +120,19 @@ def decisions_for(
     )
 
 
+def consent_history_for(settings: Settings, pool: asyncpg.Pool) -> ConsentHistory:
+    """The proof-of-consent export; with the identifier key it finds erased identifiers."""
+    key = settings.identifier_key.get_secret_value().encode()
+    return ConsentHistory(PostgresHistoryReader(pool), key)
+
+
+async def open_consent_history(settings: Settings, stack: AsyncExitStack) -> ConsentHistory:
+    """The export on a pool of its own, closed with `stack` (the CLI: no Redis, no Kafka)."""
+    pool = await create_pool(settings.database_dsn, settings.database_schema, 1)
+    stack.push_async_callback(pool.close)
+    return consent_history_for(settings, pool)
+
+
 async def run_migrations(settings: Settings) -> list[str]:
     conn = await asyncpg.connect(settings.database_dsn)
     try:
@@ -161,6 +177,7 @@ async def build_container(
         readiness,
         decisions_for(settings, catalog, pool, redis, metrics),
         metrics,
+        history=consent_history_for(settings, pool),
     )
 
     async def postgres_probe() -> str | None:

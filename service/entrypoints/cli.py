@@ -16,6 +16,7 @@ import typer
 from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
+from service.entrypoints.history_cli import history
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -272,6 +273,8 @@ def lag(
     if over_limits(rows, max_lag, max_lag_seconds):
         raise typer.Exit(2)
 
+
+app.command(name="history")(history)
 
 if __name__ == "__main__":
     app()

@@ -78,6 +78,7 @@ class Service:
                 liveness=self.container.liveness,
                 metrics_registry=self.container.metrics.registry,
                 channels=self._channels(self.container),
+                history=self.container.history,
             )
             config = uvicorn.Config(
                 app,

@@ -36,6 +36,7 @@ def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
             ["check", "never-seen", "reminders", "sms"],
             "PostgreSQL",
         ),
+        ("database_url", "postgresql://u:p@127.0.0.1:{port}/db", ["history", "u1"], "PostgreSQL"),
     ],
 )
 def test_one_line_naming_the_dependency(

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
+from service.application.history import ConsentHistory
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD
 from service.entrypoints.http.channels import ChannelsConfig
@@ -22,6 +23,7 @@ from service.entrypoints.http.limits import BodyLimit
 from service.entrypoints.http.models import CATALOG_ENUM
 from service.entrypoints.http.routers import decisions as decisions_router
 from service.entrypoints.http.routers import health, intake, pages, sms
+from service.entrypoints.http.routers import history as history_router
 from service.entrypoints.http.security import Authenticator
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -36,8 +38,10 @@ def build_http_app(
     liveness: Liveness | None = None,
     metrics_registry: CollectorRegistry | None = None,
     channels: ChannelsConfig | None = None,
+    history: ConsentHistory | None = None,
 ) -> FastAPI:
-    """Health endpoints always; the decision API and its document when ``decisions`` is given.
+    """Health endpoints always; the decision API and its document when ``decisions`` is given,
+    with the proof-of-consent export when ``history`` is given too.
 
     Without tokens every ``/v1`` call answers 401: an API left unconfigured stays closed.
     """
@@ -60,6 +64,9 @@ def build_http_app(
         app.state.decisions = decisions
         app.state.authenticator = auth or Authenticator([])
         app.include_router(decisions_router.router)
+        if history is not None:
+            app.state.history = history
+            app.include_router(history_router.router)
         if channels is not None:
             app.state.channels = channels
             app.include_router(intake.router)

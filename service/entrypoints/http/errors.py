@@ -90,6 +90,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "No valid bearer token.",
         403: "The token lacks the `read` scope.",
+        404: "No subject has this id (`unknown_subject`).",
         413: "The request body is larger than `OPTOUT_HTTP_MAX_BODY_BYTES`.",
         422: "Invalid input; `field` names it.",
         503: "Redis or PostgreSQL did not answer.",
