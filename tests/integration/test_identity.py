@@ -15,7 +15,10 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from service.adapters.postgres.pool import create_pool
 from service.adapters.redis_client import create_redis
+from service.bootstrap import consent_history_for
+from service.entrypoints.history_export import to_csv
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import is_allowed
 from service.domain.identifiers import pseudonym
@@ -184,6 +187,12 @@ async def test_a_chain_of_merges_forwards_every_id_to_the_last(
         assert not await allowed(settings, name, "reminders", "push")
     again = await client.apply(identity("merge", "a", 8, into="c"))
     assert again["status"] == "unchanged"
+    # The proof of consent of c holds every change made under a, b and the address.
+    exported = await export(settings, EMAIL)
+    assert sorted(r.action for r in exported) == sorted(
+        ["opt_out"] * 4 + ["link", "merge", "merge"]
+    )
+    assert {r.source_channel for r in exported} == {"web", "support"}
 
 
 async def test_a_command_racing_a_merge_lands_on_the_merged_subject(
@@ -301,6 +310,22 @@ async def test_erasure_keeps_the_suppression_and_no_identifier_in_clear(
     assert all(h["erased_at"] is not None for h in history)
     assert all(h["source_ip"] is None and h["reason"] is None for h in history)
     assert history[0]["subject_id"] == hashed
+
+    # The export finds the erased address by its hash and shows what was erased.
+    exported = await export(settings, EMAIL)
+    assert [r.action for r in exported] == ["opt_in", "link", "link", "opt_in", "erase"]
+    assert all(r.erased_at is not None for r in exported)
+    assert "source_ip" in exported[0].erased_fields()
+    assert "alice" not in to_csv(exported)
+
+
+async def export(settings: Settings, named: str) -> list[Any]:
+    pool = await create_pool(settings.database_dsn, settings.database_schema, 1)
+    try:
+        history = consent_history_for(settings, pool)
+        return [r async for page in history.pages("default", named) for r in page.records]
+    finally:
+        await pool.close()
 
 
 async def test_erasure_without_a_key_is_refused(
