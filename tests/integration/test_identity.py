@@ -18,11 +18,11 @@ from redis.asyncio import Redis
 from service.adapters.postgres.pool import create_pool
 from service.adapters.redis_client import create_redis
 from service.bootstrap import consent_history_for
-from service.entrypoints.history_export import to_csv
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import is_allowed
 from service.domain.identifiers import pseudonym
 from service.domain.model import SubjectKey
+from service.entrypoints.history_export import to_csv
 from service.entrypoints.server import Service
 from service.settings import Settings
 from tests.support.contract_client import ContractClient, at, command
