@@ -116,6 +116,7 @@ def decisions_for(
         redis_prefix=settings.redis_prefix,
         fill_ttl_seconds=settings.cache_fill_ttl_seconds,
         unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
+        identifier_key=settings.identifier_key.get_secret_value().encode() or None,
         telemetry=telemetry,
     )
 

@@ -24,15 +24,18 @@ def build_decisions(
     redis_prefix: str,
     fill_ttl_seconds: int,
     unknown_ttl_seconds: int,
+    identifier_key: bytes | None = None,
     local: LocalStates | None = None,
     telemetry: ReadTelemetry = NO_TELEMETRY,
 ) -> DecisionService:
+    """``identifier_key`` (``OPTOUT_IDENTIFIER_KEY``) lets a check on an erased identifier
+    find its suppression; without it such a check fails rather than answer the default."""
     filler = state_cache(redis, redis_prefix, fill_ttl_seconds, unknown_ttl_seconds)
     return DecisionService(
         catalog,
         state_reader(redis, redis_prefix),
         filler,
-        PostgresStateReader(pool),
+        PostgresStateReader(pool, identifier_key),
         local,
         telemetry,
     )

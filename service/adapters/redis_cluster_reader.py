@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from service.adapters.redis_cluster_cache import ClusterStateCache, keys_by_slot
 from service.adapters.redis_cluster_script import PerSlotScript, SlotCall
 from service.adapters.redis_reader import EMPTY_TAIL, RulesMemo, decode
+from service.application.decisions import Forward
 from service.domain.decision import Rules
 from service.domain.model import SubjectKey, SubjectState
 
@@ -25,7 +26,8 @@ T = TypeVar("T")
 
 # KEYS = subject keys of one slot; ARGV[1] = the tail that marks an encoded state without
 # rules, or "" to return every state in full. Answers per key as the standalone bulk read:
-# the encoded state, 1 for a state without rules (when asked), or false for a miss.
+# the encoded state, 1 for a state without rules (when asked), or false for a miss (a
+# forward never ends in that tail, so it comes back in full).
 SLOT_HGET = """
 local empty = ARGV[1]
 local cut = -string.len(empty)
@@ -68,8 +70,11 @@ class ClusterStateReader:
         """The cached state of each id of one tenant, in order; ``None`` for a miss."""
         return await self._read(tenant, subject_ids, _decode_state, b"")
 
-    async def read_many_rules(self, tenant: str, subject_ids: Sequence[str]) -> list[Rules | None]:
-        """Like ``read_many``, rules only: what a campaign-sized filter can afford to build."""
+    async def read_many_rules(
+        self, tenant: str, subject_ids: Sequence[str]
+    ) -> list[Rules | Forward | None]:
+        """Like ``read_many``, rules only: what a campaign-sized filter can afford to build;
+        a forward's place holds ``Forward``."""
         return await self._read(tenant, subject_ids, self._memo.decode, EMPTY_TAIL)
 
     async def _read(

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.state_codec import decode_state
+from service.application.decisions import Forward
 from service.domain.decision import Rules
 from service.domain.model import SubjectKey, SubjectState
 
@@ -29,7 +30,8 @@ T = TypeVar("T")
 # ARGV[1] = key prefix of one tenant, ARGV[2] = comma-separated byte lengths of the ids,
 # ARGV[3] = the ids concatenated, ARGV[4] = the tail that marks an encoded state without
 # rules, or "" to return every state in full. Returns per id the encoded state, 1 for a
-# state without rules (when asked), or false for a miss.
+# state without rules (when asked), or false for a miss. A forward never ends in that tail
+# (the codec writes "m" after "r"), so it comes back in full.
 _BULK_HGET = """
 local base = ARGV[1]
 local ids = ARGV[3]
@@ -80,18 +82,20 @@ class RulesMemo:
 
     Keyed by content, never by subject, so it cannot serve a stale state: a changed state
     is different bytes. It spares a campaign filter the JSON and datetime parsing of the
-    subjects it saw in the previous send.
+    subjects it saw in the previous send. A forward decodes to ``Forward``: its own rules
+    are empty, and taking them for the subject's would answer the catalog default.
     """
 
     def __init__(self, max_entries: int = 50_000) -> None:
-        self._entries: LRUCache[bytes, Rules] = LRUCache(maxsize=max_entries)
+        self._entries: LRUCache[bytes, Rules | Forward] = LRUCache(maxsize=max_entries)
 
-    def decode(self, tenant: str, subject_id: str, raw: bytes | int) -> Rules:
+    def decode(self, tenant: str, subject_id: str, raw: bytes | int) -> Rules | Forward:
         if isinstance(raw, int):  # Redis answers 1 for a state without rules
             return NO_RULES
         rules = self._entries.get(raw)
         if rules is None:
-            rules = decode_state(SubjectKey(tenant, subject_id), raw).rules
+            state = decode_state(SubjectKey(tenant, subject_id), raw)
+            rules = state.rules if state.merged_into is None else Forward(state.merged_into)
             self._entries[raw] = rules
         return rules
 
@@ -143,8 +147,11 @@ class RedisStateReader:
             )
         return found
 
-    async def read_many_rules(self, tenant: str, subject_ids: Sequence[str]) -> list[Rules | None]:
-        """Like ``read_many``, rules only: what a campaign-sized filter can afford to build."""
+    async def read_many_rules(
+        self, tenant: str, subject_ids: Sequence[str]
+    ) -> list[Rules | Forward | None]:
+        """Like ``read_many``, rules only: what a campaign-sized filter can afford to build;
+        a forward's place holds ``Forward``."""
         return await self._read(tenant, subject_ids, self._memo.decode, EMPTY_TAIL)
 
     async def _read_chunk(

@@ -4,15 +4,23 @@ See the README section "Read path for senders" for usage and the local cache's s
 bound.
 """
 
-from service.application.decisions import SubjectPreferences
+from service.application.decisions import (
+    ForwardChainTooLong,
+    IdentifierKeyMissing,
+    SubjectPreferences,
+)
 from service.client.local_cache import LocalCache
 from service.client.sdk import OptoutClient
 from service.domain.catalog import InvalidChannel, UnknownChannel, UnknownTopic
+from service.domain.identifiers import InvalidIdentifier
 from service.domain.model import Decision, Rule
 
 __all__ = [
     "Decision",
+    "ForwardChainTooLong",
+    "IdentifierKeyMissing",
     "InvalidChannel",
+    "InvalidIdentifier",
     "LocalCache",
     "OptoutClient",
     "Rule",

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from service.client.catch_up import CatchUp
 from service.client.local_cache import LocalCache
 from service.contract.v1 import PreferenceChangedV1
-from service.domain.model import SubjectState
+from service.domain.model import SubjectKey, SubjectState
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,21 @@ PROBE_AFTER_SHARE_OF_BOUND = 0.6
 def event_state(raw: bytes) -> SubjectState:
     """The subject's state after the event: each event carries the full rule set."""
     return PreferenceChangedV1.model_validate_json(raw).to_domain().snapshot()
+
+
+def tombstoned(key: bytes | None) -> SubjectKey | None:
+    """The subject a record key names: `{tenant}:{subject_id}`, split at the first `:` (a
+    tenant cannot contain one); ``None`` when the key is missing or is not such a key."""
+    if not key:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    tenant, colon, subject_id = text.partition(":")
+    if not colon or not tenant or not subject_id:
+        return None
+    return SubjectKey(tenant, subject_id)
 
 
 @dataclass
@@ -222,18 +237,23 @@ class PreferencesFollower:
             batch = await session.consumer.getmany(timeout_ms=poll_ms)
             for records in batch.values():
                 for record in records:
-                    self._apply(record.value)
+                    self._apply(record.key, record.value)
             await self._observe(session)
             if self._cache.clock() >= session.next_listing:
                 await self._list_partitions(session)
             await self._probe_lagging(session)
             self._publish(session)
 
-    def _apply(self, value: bytes | None) -> None:
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:
-            # A tombstone names a subject only by its record key, without the tenant:
-            # dropping everything is the answer that cannot leave a stale allow behind.
-            self._cache.clear()
+            # A tombstone (a subject merged away, an identifier linked or erased) names its
+            # subject by the record key alone, `{tenant}:{subject_id}`; without a readable
+            # one, dropping everything is the answer that cannot leave a stale allow behind.
+            subject = tombstoned(key)
+            if subject is None:
+                self._cache.clear()
+            else:
+                self._cache.evict(subject)
             return
         try:
             state = event_state(value)

@@ -11,6 +11,11 @@ Switched off (after a stall or a failure of the follower) the cache is emptied a
 nothing until the follower vouches again. No entry is used more than ``max_age_seconds``
 after it was stored, whatever the stream says, so even an undetected gap heals by itself.
 
+Forwards. A forward (a linked identifier, a merged subject) is never stored, nor any decision
+memoised on it: the worker re-points or removes forwards in Redis, and an id kept here as a
+forward would go on answering for a subject it no longer leads to. Checks on such ids go to
+Redis and on to the subject it leads to, whose own state may be kept.
+
 Generations. A state read from Redis may predate an event the follower applied while the
 read was in flight; the version check keeps the newer one, unless the cache dropped the
 entry in between (cleared, evicted, expired, switched off or on). So every drop bumps the
@@ -151,8 +156,18 @@ class LocalCache:
         entry = self._entries.get((key.tenant, key.subject_id))
         return None if entry is None else entry.state
 
+    def evict(self, key: SubjectKey) -> None:
+        """Drop one subject (a tombstone: merged away or erased). The generation moves even
+        when it was not here: a read in flight may bring back its state from before."""
+        self._entries.pop((key.tenant, key.subject_id), None)
+        self._generation += 1
+
     def _store(self, state: SubjectState) -> None:
         slot = (state.key.tenant, state.key.subject_id)
+        if state.merged_into is not None:
+            if self._entries.pop(slot, None) is not None:
+                self._generation += 1
+            return
         current = self._entries.get(slot)
         if current is not None and current.state.version > state.version:
             return

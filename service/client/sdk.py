@@ -5,6 +5,10 @@ see ``catch_up`` for its staleness bound), from Redis, and on a Redis miss from
 PostgreSQL, whose state is then copied into Redis with the worker's version compare-and-set.
 Every answer is the application's ``DecisionService``, the same as the HTTP API's: the SDK
 cannot disagree with the worker. It loads neither the worker's wiring nor faststream.
+
+Subject ids are normalised first (``identifiers.normalize``), as the worker does when it
+decodes a command: `email:Alice@Example.com` and `email:alice@example.com` are one subject.
+An identifier that cannot be normalised raises ``InvalidIdentifier``, a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from functools import partial
+from functools import lru_cache, partial
 from types import TracebackType
 
 from service.adapters.catalog_file import configured_catalog
@@ -24,6 +28,7 @@ from service.client.follower import PreferencesFollower
 from service.client.local_cache import LocalCache
 from service.domain.catalog import Catalog, link_problem
 from service.domain.decision import is_allowed
+from service.domain.identifiers import PREFIXES, normalize
 from service.domain.link_tokens import (
     LinkClaim,
     LinkSigner,
@@ -33,6 +38,15 @@ from service.domain.link_tokens import (
 )
 from service.domain.model import Decision, SubjectKey
 from service.settings import Settings
+
+# Identifiers asked again and again (a sender's recipients) are normalised once: a phone
+# number's parse costs far more than the check it precedes.
+_normalized_identifier = lru_cache(maxsize=65_536)(normalize)
+
+
+def normalized(subject_id: str) -> str:
+    """The id as the service stores it; an opaque id costs one prefix test."""
+    return _normalized_identifier(subject_id) if subject_id.startswith(PREFIXES) else subject_id
 
 
 class OptoutClient:
@@ -99,6 +113,7 @@ class OptoutClient:
                 redis_prefix=settings.redis_prefix,
                 fill_ttl_seconds=settings.cache_fill_ttl_seconds,
                 unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
+                identifier_key=settings.identifier_key.get_secret_value().encode() or None,
                 local=local,
             )
         except BaseException:
@@ -130,19 +145,30 @@ class OptoutClient:
         """May `topic` be sent to the subject on `channel`? The answer carries its reason.
 
         Raises ``UnknownTopic`` / ``UnknownChannel`` (``service.domain.catalog``) for names
-        outside the catalog: a default answer would hide the typo.
+        outside the catalog: a default answer would hide the typo; ``InvalidIdentifier``
+        for an identifier (``email:``, ``phone:``, ``device:``) that cannot be one.
         """
+        if subject_id.startswith(PREFIXES):  # inline: the SDK's hottest call
+            subject_id = _normalized_identifier(subject_id)
         return await self._decisions.is_allowed(SubjectKey(tenant, subject_id), topic, channel)
 
     async def preferences(self, subject_id: str, tenant: str = "default") -> SubjectPreferences:
-        """The subject's rules and the decision for every catalog topic and channel."""
-        return await self._decisions.preferences(SubjectKey(tenant, subject_id))
+        """The subject's rules and the decision for every catalog topic and channel; for an
+        id that forwards to another subject, that subject's (``addressed_as`` is then set)."""
+        return await self._decisions.preferences(SubjectKey(tenant, normalized(subject_id)))
 
     async def filter_allowed(
         self, subject_ids: Sequence[str], topic: str, channel: str, tenant: str = "default"
     ) -> list[str]:
-        """The ids a campaign may send to, in the given order; a few Redis calls in all."""
-        return await self._decisions.filter_allowed(tenant, subject_ids, topic, channel)
+        """The ids a campaign may send to, in the given order and spelling; a few Redis
+        calls in all."""
+        asked = list(subject_ids)
+        ids = [normalized(s) for s in asked]
+        allowed = await self._decisions.filter_allowed(tenant, ids, topic, channel)
+        if ids == asked:
+            return allowed
+        keep = set(allowed)
+        return [s for s, n in zip(asked, ids, strict=True) if n in keep]
 
     def unsubscribe_link(
         self,

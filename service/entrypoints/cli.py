@@ -134,13 +134,22 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
 ) -> None:
     """May TOPIC be sent to SUBJECT on CHANNEL? Prints the decision and its reason."""
-    from service.client import InvalidChannel, OptoutClient, UnknownChannel, UnknownTopic
+    from service.client import (
+        ForwardChainTooLong,
+        IdentifierKeyMissing,
+        InvalidChannel,
+        InvalidIdentifier,
+        OptoutClient,
+        UnknownChannel,
+        UnknownTopic,
+    )
+    from service.client.sdk import normalized
     from service.entrypoints.http.models import DecisionOut
 
     async def ask() -> DecisionOut:
         async with await OptoutClient.connect(_settings(), local_cache=False) as client:
             decision = await client.is_allowed(subject, topic, channel, tenant)
-        return DecisionOut.of(subject, tenant, decision)
+        return DecisionOut.of(normalized(subject), tenant, decision)
 
     try:
         answer = asyncio.run(ask())
@@ -151,8 +160,11 @@ def check(
         asyncpg.InterfaceError,
     ) as exc:
         raise _unreachable("check", exc, Settings()) from None
-    except (UnknownTopic, UnknownChannel, InvalidChannel) as exc:
+    except (UnknownTopic, UnknownChannel, InvalidChannel, InvalidIdentifier) as exc:
         raise typer.BadParameter(str(exc)) from None
+    except (IdentifierKeyMissing, ForwardChainTooLong) as exc:
+        typer.echo(f"optout check: {exc}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(answer.model_dump_json())
     else:

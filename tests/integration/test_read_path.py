@@ -411,16 +411,16 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
     def accepted_unless_wildcard_mismatch(ctx: Any, response: Any, case: Any) -> bool | None:
         """Schema-valid questions are answered, except channel `*` on a message topic or a
-        real channel on a data use: a rule across two parameters that the document states in
-        words only. Those get 422 `invalid_channel`, and nothing else may be refused; the
-        history export also refuses what only its parser can tell (a malformed identifier
-        such as `email:x`, a cursor it never handed out)."""
+        real channel on a data use (a rule across two parameters), and an `email:`, `phone:`
+        or `device:` id that is no such identifier: rules the document states in words only.
+        Those get 422 `invalid_channel` / `invalid_identifier`, and nothing else is refused;
+        the history export also refuses a cursor it never handed out."""
         if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
             return None
         if response.status_code == 422:
-            refusable = {"invalid_channel"}
+            refusable = {"invalid_channel", "invalid_identifier"}
             if case.operation.path.endswith("/history"):
-                refusable |= {"invalid_identifier", "invalid_cursor"}
+                refusable |= {"invalid_cursor"}
             assert response.json()["error"] in refusable, response.text
         return None
 
@@ -494,3 +494,8 @@ async def test_cli_check(api_settings: Settings, stack: ContractClient) -> None:
     assert answer["reason"]["basis"] == "default"
     code, _ = await run("cli-user", "marketing.nope", "email")
     assert code == 2
+    code, _ = await run("email:not-an-address", "marketing", "email")
+    assert code == 2
+    code, text = await run("email:Cli@Example.com", "marketing", "email", "--json")
+    assert code == 0
+    assert json.loads(text)["subject_id"] == "email:cli@example.com"

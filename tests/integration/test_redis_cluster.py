@@ -30,6 +30,7 @@ from service.adapters.redis_cluster_cache import (
     keys_by_slot,
 )
 from service.adapters.redis_cluster_reader import ClusterStateReader
+from service.application.decisions import Forward
 from service.client import OptoutClient
 from service.domain.model import Action, Rule, SubjectKey, SubjectState
 from service.entrypoints.server import Service
@@ -191,6 +192,31 @@ async def test_compare_and_set_refuses_older_states_on_the_cluster(
     assert rules[0] == state("new0", 1, "opt_out").rules
     assert rules[1] == {}
     assert rules[2] is None
+
+
+async def test_forwards_on_the_cluster_answer_like_their_target(
+    on_cluster: Settings, cluster_client: RedisCluster
+) -> None:
+    """The per-slot bulk read returns a forward in full (it does not end like a state
+    without rules), and the SDK follows it, as on a standalone Redis."""
+    cache = ClusterStateCache(cluster_client, on_cluster.redis_prefix)
+    reader = ClusterStateReader(cluster_client, cache)
+    target = state("target", 3, "opt_out", "opt_out")
+    forwards = [
+        SubjectState(SubjectKey("default", f"fwd{i}"), 2, {}, merged_into="target")
+        for i in range(40)  # spread over buckets, so over slots and nodes
+    ]
+    assert await cache.write([target, *forwards, state("plain", 1)]) == 42
+    ids = [f.key.subject_id for f in forwards]
+    found = await reader.read_many_rules("default", [*ids, "plain", "target"])
+    assert found == [*(Forward("target") for _ in ids), {}, target.rules]
+    async with await OptoutClient.connect(on_cluster, local_cache=False) as client:
+        campaign = [*ids, "plain", "never"]
+        assert await client.filter_allowed(campaign, "marketing", "email") == ["plain", "never"]
+        assert not (await client.is_allowed(ids[0], "marketing.promotions", "sms")).allowed
+        prefs = await client.preferences(ids[1])
+        assert prefs.state == target
+        assert prefs.addressed_as == ids[1]
 
 
 def _bucket_zero_subjects(count: int) -> list[str]:

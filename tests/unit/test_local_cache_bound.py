@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from service.client.catch_up import MAX_PENDING_ENDS, CatchUp
-from service.client.follower import PreferencesFollower, _Session
+from service.client.follower import PreferencesFollower, _Session, tombstoned
 from service.client.local_cache import LocalCache
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import is_allowed
@@ -365,3 +365,72 @@ async def test_a_failing_loop_switches_the_cache_off_logs_once_and_retries() -> 
     ]
     assert not any("secret" in str(e) for e in logs)
     assert follower.failures >= 5
+
+
+# --- tombstones and forwards --------------------------------------------------------------
+
+
+def test_a_tombstone_evicts_only_its_subject() -> None:
+    local = cache(Clock(), size=10)
+    local.vouch(math.inf)
+    follower = PreferencesFollower("unused:9092", "t", local, bound_seconds=BOUND)
+    keys = [SubjectKey("default", "u1"), SubjectKey("default", "u2"), SubjectKey("other", "u1")]
+    for k in keys:
+        local.apply(state(1, key=k))
+    generation = local.generation()  # a read of u1 begins
+    follower._apply(b"default:u1", None)
+    assert local.peek(keys[0]) is None
+    assert local.peek(keys[1]) == state(1, key=keys[1])
+    assert local.peek(keys[2]) == state(1, key=keys[2])  # same id, other tenant: kept
+    local.put(state(1, key=keys[0]), generation)  # the read, begun before, returns
+    assert local.peek(keys[0]) is None
+    # A subject id holding colons: the tenant ends at the first one.
+    local.apply(state(1, key=SubjectKey("default", "urn:x:1")))
+    follower._apply(b"default:urn:x:1", None)
+    assert local.peek(SubjectKey("default", "urn:x:1")) is None
+    assert local.peek(keys[1]) is not None
+    # A tombstone for a subject that is not here still voids reads in flight.
+    generation = local.generation()
+    follower._apply(b"default:absent", None)
+    local.put(state(1, key=SubjectKey("default", "absent")), generation)
+    assert local.peek(SubjectKey("default", "absent")) is None
+
+
+@pytest.mark.parametrize("record_key", [None, b"", b"no-colon", b":u1", b"default:", b"\xff:u1"])
+def test_a_tombstone_without_a_readable_key_empties_the_cache(record_key: bytes | None) -> None:
+    local = cache(Clock(), size=10)
+    local.vouch(math.inf)
+    follower = PreferencesFollower("unused:9092", "t", local, bound_seconds=BOUND)
+    local.apply(state(1))
+    local.apply(state(1, key=SubjectKey("default", "u2")))
+    follower._apply(record_key, None)
+    assert len(local) == 0
+
+
+@given(
+    tenant=st.from_regex(r"[a-z0-9_-]{1,64}", fullmatch=True),
+    subject_id=st.text(min_size=1),
+)
+def test_tombstone_keys_name_the_tenant_and_subject_they_were_made_of(
+    tenant: str, subject_id: str
+) -> None:
+    try:
+        record_key = f"{tenant}:{subject_id}".encode()
+    except UnicodeEncodeError:
+        return  # a lone surrogate: no event is ever keyed so (not storable)
+    assert tombstoned(record_key) == SubjectKey(tenant, subject_id)
+
+
+def test_a_forward_is_never_kept() -> None:
+    local = cache(Clock(), size=10)
+    local.vouch(math.inf)
+    local.apply(state(1, opt_out()))
+    forward = SubjectState(KEY, 2, {}, merged_into="u9")
+    generation = local.generation()
+    local.put(forward, generation)
+    assert local.peek(KEY) is None  # the older plain state is dropped too
+    assert local.decision("default", "u1", "marketing", "email") is None
+    local.apply(forward)
+    assert local.peek(KEY) is None
+    local.put(state(1), generation)  # a read begun before the drop is not stored
+    assert local.peek(KEY) is None

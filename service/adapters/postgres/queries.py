@@ -234,11 +234,18 @@ WHERE e.tenant = u.t AND e.subject_id = u.sid AND e.payload IS NULL
 """
 
 # The read path's cache misses: never locks, one round trip for any number of subjects;
-# an unknown subject simply has no row.
+# an unknown subject simply has no row. $2 holds the asked ids and, for identifiers, the
+# pseudonyms their suppression would have if erased. $3 lists tenants to report (one row
+# with a NULL subject_id) when they hold any erased subject: asked when no identifier key
+# is configured, so an identifier without a row may be an erased one (index subjects_erased).
 LOAD_STATES = """
-SELECT s.tenant, s.subject_id, s.version, r.topic, r.channel, r.action, r.occurred_at,
-       r.source_channel, r.command_id
+SELECT s.tenant, s.subject_id, s.version, s.merged_into, s.erased_at IS NOT NULL AS erased,
+       r.topic, r.channel, r.action, r.occurred_at, r.source_channel, r.command_id
 FROM subjects s
 JOIN unnest($1::text[], $2::text[]) AS u(t, sid) ON s.tenant = u.t AND s.subject_id = u.sid
 LEFT JOIN rules r ON r.tenant = s.tenant AND r.subject_id = s.subject_id
+UNION ALL
+SELECT e.t, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM unnest($3::text[]) AS e(t)
+WHERE EXISTS (SELECT 1 FROM subjects x WHERE x.tenant = e.t AND x.erased_at IS NOT NULL)
 """

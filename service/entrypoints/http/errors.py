@@ -19,7 +19,9 @@ from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from service.application.decisions import ForwardChainTooLong, IdentifierKeyMissing
 from service.domain.catalog import CatalogLookupError, InvalidChannel, UnknownTopic
+from service.domain.identifiers import InvalidIdentifier, normalize
 from service.entrypoints.http.models import ErrorOut
 
 log = structlog.get_logger(__name__)
@@ -78,6 +80,15 @@ def unknown_name(exc: CatalogLookupError, prefix: str = "") -> ApiError:
     return ApiError(422, f"unknown_{name}", str(exc), f"{prefix}{name}")
 
 
+def normalized(subject_id: str, field: str) -> str:
+    """The subject id as the service stores it (identifiers have one spelling); 422 naming
+    ``field`` for an identifier that cannot be one."""
+    try:
+        return normalize(subject_id)
+    except InvalidIdentifier as exc:
+        raise ApiError(422, "invalid_identifier", str(exc), field) from None
+
+
 def field_path(loc: tuple[int | str, ...]) -> str | None:
     text = ""
     for part in loc:
@@ -93,7 +104,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No subject has this id (`unknown_subject`).",
         413: "The request body is larger than `OPTOUT_HTTP_MAX_BODY_BYTES`.",
         422: "Invalid input; `field` names it.",
-        503: "Redis or PostgreSQL did not answer.",
+        503: "Redis or PostgreSQL did not answer, or `OPTOUT_IDENTIFIER_KEY` is missing to"
+        " recognise an erased identifier (`identifier_key_missing`).",
     }
     return {s: {"model": ErrorOut, "description": descriptions[s]} for s in statuses}
 
@@ -141,6 +153,16 @@ async def _unavailable(_: Request, exc: Exception) -> Response:
     return error_response(503, "unavailable", "a dependency did not answer")
 
 
+async def _identifier_key_missing(_: Request, exc: Exception) -> Response:
+    log.error("api_identifier_key_missing")
+    return error_response(503, "identifier_key_missing", str(exc))
+
+
+async def _forward_chain_too_long(_: Request, exc: Exception) -> Response:
+    log.error("api_forward_chain_too_long")
+    return error_response(500, "forward_chain_too_long", str(exc))
+
+
 async def _internal(_: Request, exc: Exception) -> Response:
     # Starlette re-raises after this answer, so the server still logs the traceback.
     return error_response(500, "internal_error", "the request could not be answered")
@@ -151,5 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(IdentifierKeyMissing, _identifier_key_missing)
+    app.add_exception_handler(ForwardChainTooLong, _forward_chain_too_long)
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)

@@ -20,7 +20,12 @@ MAX_BATCH = 1_000
 CATALOG_ENUM = "x-catalog-enum"
 
 SubjectId = Annotated[
-    str, Field(min_length=1, max_length=256, description="Opaque id of the person.")
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        description="Id of the person; `email:`, `phone:` and `device:` ids are normalised.",
+    ),
 ]
 Tenant = Annotated[str, Field(min_length=1, max_length=64)]
 TopicName = Annotated[
@@ -121,7 +126,9 @@ class DecisionOut(_Body):
 class PreferencesOut(_Body):
     """The stored rules, plus the effective decision for every catalog topic and channel.
 
-    An unknown subject has version 0, no rules, and the catalog defaults.
+    An unknown subject has version 0, no rules, and the catalog defaults. For an id that
+    forwards to another subject (a linked identifier, a merged subject), everything here is
+    that subject's, and `applied_to` names it.
     """
 
     subject_id: str
@@ -129,12 +136,18 @@ class PreferencesOut(_Body):
     version: int
     rules: list[RuleOut]
     decisions: list[EffectiveOut]
+    applied_to: str | None = Field(
+        default=None,
+        description="The subject these preferences belong to, when `subject_id` forwards to it.",
+    )
 
     @classmethod
     def of(cls, prefs: SubjectPreferences) -> PreferencesOut:
         state = prefs.state
+        asked = prefs.addressed_as
         return cls(
-            subject_id=state.key.subject_id,
+            subject_id=state.key.subject_id if asked is None else asked,
+            applied_to=None if asked is None else state.key.subject_id,
             tenant=state.key.tenant,
             version=state.version,
             rules=[RuleOut.of(rule) for rule in state.sorted_rules()],

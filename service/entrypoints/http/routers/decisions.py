@@ -2,7 +2,9 @@
 
 Handlers only translate: validated input in, a ``DecisionService`` call, a body out. Catalog
 names are checked here, before any I/O, so a typo costs no round trip and its 422 names the
-field, with the batch index when there is one.
+field, with the batch index when there is one. Subject ids are normalised here too
+(``identifiers.normalize``: `email:Alice@Example.com` is `email:alice@example.com`), and the
+answers name the subject as normalised.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from service.application.decisions import DecisionService, Question
 from service.domain.catalog import CatalogLookupError
 from service.domain.model import SubjectKey
-from service.entrypoints.http.errors import error_responses, unknown_name
+from service.entrypoints.http.errors import error_responses, normalized, unknown_name
 from service.entrypoints.http.models import (
     MAX_BATCH,
     CheckBatchIn,
@@ -51,7 +53,12 @@ async def _decisions(request: Request) -> DecisionService:
 
 Decisions = Annotated[DecisionService, Depends(_decisions)]
 SubjectIdPath = Annotated[
-    str, Path(min_length=1, max_length=256, description="Opaque id of the person.")
+    str,
+    Path(
+        min_length=1,
+        max_length=256,
+        description="Id of the person; `email:`, `phone:` and `device:` ids are normalised.",
+    ),
 ]
 
 router = APIRouter(
@@ -72,6 +79,7 @@ async def preferences(
     query: Annotated[PreferencesQuery, Query()],
     service: Decisions,
 ) -> PreferencesOut:
+    subject_id = normalized(subject_id, "subject_id")
     prefs = await service.preferences(SubjectKey(query.tenant, subject_id))
     return PreferencesOut.of(prefs)
 
@@ -91,6 +99,7 @@ async def check(
         service.validate(query.topic, query.channel)
     except CatalogLookupError as exc:
         raise unknown_name(exc) from None
+    subject_id = normalized(subject_id, "subject_id")
     question = Question(subject_id, query.topic, query.channel, query.tenant)
     decision = await service.is_allowed(question.key, query.topic, query.channel)
     return DecisionOut.of(subject_id, query.tenant, decision)
@@ -104,12 +113,14 @@ async def check(
     responses=error_responses(413),
 )
 async def check_batch(batch: CheckBatchIn, service: Decisions) -> CheckBatchOut:
+    questions: list[Question] = []
     for index, item in enumerate(batch.checks):
         try:
             service.validate(item.topic, item.channel)
         except CatalogLookupError as exc:
             raise unknown_name(exc, f"checks[{index}].") from None
-    questions = [Question(c.subject_id, c.topic, c.channel, c.tenant) for c in batch.checks]
+        subject_id = normalized(item.subject_id, f"checks[{index}].subject_id")
+        questions.append(Question(subject_id, item.topic, item.channel, item.tenant))
     decisions = await service.check_many(questions)
     return CheckBatchOut(
         results=[
