@@ -16,6 +16,7 @@ import typer
 from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
+from service.entrypoints.import_cli import import_file
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -25,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("import")(import_file)
 
 
 def _settings() -> Settings:
