@@ -92,7 +92,11 @@ def import_file(
         typer.Option("--checkpoint", help="Checkpoint file [FILE.checkpoint.json]."),
     ] = None,
     restart: Annotated[
-        bool, typer.Option(help="Ignore the checkpoint and start from the first row.")
+        bool,
+        typer.Option(
+            help="Start from the first row again (rows without a time keep the one the "
+            "checkpoint recorded, so they are answered duplicate)."
+        ),
     ] = False,
     rejects: Annotated[
         Path | None, typer.Option(help="Write every rejected row here as line,reason,detail.")
@@ -155,7 +159,7 @@ class _Job:
     checkpoint: Checkpoint
     checkpoint_path: Path
     delimiter: str
-    finished: bool
+    finished: bool = False
 
 
 @dataclass
@@ -231,7 +235,18 @@ def _prepare(
         ).encode()
     ).hexdigest()
     store = CheckpointFile(checkpoint_path)
-    found = None if restart else store.load()
+    if restart:
+        # From the first row again, but rows without a time keep the time this file's
+        # checkpoint recorded: the same commands, answered `duplicate`.
+        try:
+            previous = store.load()
+        except ImportRefused:
+            previous = None
+        same = previous is not None and previous.fingerprint == fingerprint
+        kept = previous.fallback_time if previous is not None and same else None
+        checkpoint = Checkpoint(fingerprint, given_time or kept or datetime.now(UTC))
+        return _Job(file, options, chosen, fingerprint, checkpoint, checkpoint_path, delimiter)
+    found = store.load()
     if found is not None and found.fingerprint != fingerprint:
         raise ImportRefused(
             f"{checkpoint_path} was written for another file or other options; "
@@ -242,10 +257,7 @@ def _prepare(
             f"--occurred-at differs from the time {checkpoint_path} recorded; "
             "pass --restart to start over with the new one"
         )
-    checkpoint = found or Checkpoint(
-        fingerprint=fingerprint,
-        fallback_time=given_time or datetime.now(UTC),
-    )
+    checkpoint = found or Checkpoint(fingerprint, given_time or datetime.now(UTC))
     return _Job(
         file=file,
         options=options,
