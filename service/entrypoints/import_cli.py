@@ -153,9 +153,9 @@ def import_file(
 @dataclass
 class _Job:
     file: Path
+    header: list[str]
     options: ImportOptions
     format: str
-    fingerprint: str
     checkpoint: Checkpoint
     checkpoint_path: Path
     delimiter: str
@@ -222,7 +222,8 @@ def _prepare(
         time_zone=zone,
     )
     with CsvRows(file, delimiter) as rows:
-        chosen = sniff(rows.header) if fmt == "auto" else fmt
+        header = rows.header
+    chosen = sniff(header) if fmt == "auto" else fmt
     fingerprint = hashlib.sha256(
         json.dumps(
             {
@@ -245,7 +246,7 @@ def _prepare(
         same = previous is not None and previous.fingerprint == fingerprint
         kept = previous.fallback_time if previous is not None and same else None
         checkpoint = Checkpoint(fingerprint, given_time or kept or datetime.now(UTC))
-        return _Job(file, options, chosen, fingerprint, checkpoint, checkpoint_path, delimiter)
+        return _Job(file, header, options, chosen, checkpoint, checkpoint_path, delimiter)
     found = store.load()
     if found is not None and found.fingerprint != fingerprint:
         raise ImportRefused(
@@ -260,9 +261,9 @@ def _prepare(
     checkpoint = found or Checkpoint(fingerprint, given_time or datetime.now(UTC))
     return _Job(
         file=file,
+        header=header,
         options=options,
         format=chosen,
-        fingerprint=fingerprint,
         checkpoint=checkpoint,
         checkpoint_path=checkpoint_path,
         delimiter=delimiter,
@@ -282,7 +283,7 @@ def _run(
     try:
         mapper = RowMapper(
             job.format,  # type: ignore[arg-type]
-            _header(job),
+            job.header,
             job.options,
             configured_catalog(settings.catalog_file),
             fallback_time=job.checkpoint.fallback_time,
@@ -332,7 +333,7 @@ def _run(
         return _Outcome(None, EXIT_DEPENDENCY)
     except (asyncio.CancelledError, KeyboardInterrupt):
         _say(f"stopped; checkpoint at line {job.checkpoint.line}, run again to resume")
-        return _Outcome(None, 130)
+        return _Outcome(None, _EXIT_OF_SIGNAL.get(received[0], 130) if received else 130)
     except _KafkaUnreachable as exc:
         _say(f"Kafka at {settings.kafka_bootstrap} did not answer ({exc.cause})")
         return _Outcome(None, EXIT_DEPENDENCY)
@@ -343,13 +344,6 @@ def _run(
         signum = received[0] if received else signal.SIGINT
         return _Outcome(summary, _EXIT_OF_SIGNAL.get(signum, 130), signum.name)
     return _Outcome(summary, 0)
-
-
-def _header(job: _Job) -> list[str]:
-    from service.adapters.import_files import CsvRows
-
-    with CsvRows(job.file, job.delimiter) as rows:
-        return rows.header
 
 
 class _KafkaUnreachable(Exception):
