@@ -20,6 +20,13 @@ secret.erin@example.com,,last tuesday,
 """
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command configures logging onto the runner's stream, which is closed afterwards:
+    later tests would log into a closed file."""
+    monkeypatch.setattr("service.logging.configure_logging", lambda *_: None)
+
+
 def invoke(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["import", *args])
     return result.exit_code, result.stdout, result.stderr
