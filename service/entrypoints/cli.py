@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
 from service.entrypoints.history_cli import history
+from service.entrypoints.import_cli import import_file
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("import")(import_file)
 
 
 def _settings() -> Settings:
