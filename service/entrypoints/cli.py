@@ -16,6 +16,7 @@ import typer
 from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
+from service.entrypoints.rebuild_commands import cache_app, events_app
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -25,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(cache_app, name="cache")
+app.add_typer(events_app, name="events")
 
 
 def _settings() -> Settings:

@@ -37,6 +37,7 @@ def test_incompressible_value_over_the_limit_is_cut_with_headers() -> None:
     assert headers["x-original-size"] == b"3000000"
     assert headers["x-truncated"] == b"true"
     assert {k: v for k, v in HEADERS} == {k: headers[k] for k, _ in HEADERS}
+    assert fitted.value is not None
     assert value.startswith(fitted.value)
     assert fitted.key == b"user-42"
     assert estimated_size(fitted.key, fitted.value, fitted.headers) <= LIMITS.dead_letter_bytes
@@ -60,6 +61,7 @@ def test_compressible_value_is_sent_whole_when_it_fits_compressed() -> None:
 def test_whatever_the_sizes_the_result_fits(size: int, key_size: int, limit: int) -> None:
     limits = SizeLimits(record_bytes=limit, dead_letter_bytes=limit)
     fitted = fit_dead_letter(dead(os.urandom(size), b"k" * key_size), limits, zstd_encode)
+    assert fitted.value is not None
     assert estimated_size(fitted.key, fitted.value, fitted.headers) <= limit
     truncated = dict(fitted.headers).get("x-truncated") == b"true"
     assert truncated == (len(fitted.value) < size or fitted.key != b"k" * key_size)

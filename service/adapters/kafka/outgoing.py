@@ -9,5 +9,5 @@ from dataclasses import dataclass
 class OutgoingRecord:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (the compacted topic drops the key)
     headers: tuple[tuple[str, bytes], ...] = ()

@@ -81,16 +81,17 @@ def fit_dead_letter(
     """The record as it is when it fits (uncompressed, or once compressed with the producer's
     codec), else its value cut to fit with ``x-original-size`` and ``x-truncated: true``."""
     limit = min(limits.dead_letter_bytes, limits.record_bytes) - _SAFETY_BYTES
-    whole = estimated_size(record.key, record.value, record.headers)
+    value = record.value or b""
+    whole = estimated_size(record.key, value, record.headers)
     if whole <= limit:
         return record
     if whole <= limits.record_bytes - _SAFETY_BYTES:
         framing = estimated_size(record.key, b"", record.headers)
-        if framing + len(compress(record.value)) <= limit:
+        if framing + len(compress(value)) <= limit:
             return record
     headers = (
         *record.headers,
-        ("x-original-size", str(len(record.value)).encode()),
+        ("x-original-size", str(len(value)).encode()),
         ("x-truncated", b"true"),
     )
     key = record.key
@@ -99,4 +100,4 @@ def fit_dead_letter(
         # A key as large as the limit: keep what fits of it, and no value.
         key = key[: max(0, len(key) + room)]
         room = 0
-    return OutgoingRecord(record.topic, key, record.value[: max(0, room)], headers)
+    return OutgoingRecord(record.topic, key, value[: max(0, room)], headers)
