@@ -34,6 +34,10 @@ class _RateColumn(ProgressColumn):
         return Text("- subjects/s" if speed is None else f"{speed:,.0f} subjects/s")
 
 
+def subjects(count: int) -> str:
+    return f"{count:,} subject" if count == 1 else f"{count:,} subjects"
+
+
 def duration(seconds: float) -> str:
     """``4.2 s``, ``3 min 05 s``, ``2 h 07 min``: readable at any scale."""
     if seconds < 60:
@@ -107,7 +111,7 @@ class ProgressDisplay:
         rate = done / elapsed if elapsed > 0 and done else 0.0
         eta = duration((self._total - done) / rate) if rate else "unknown"
         self._console.print(
-            f"{self._label}: {done:,}/{self._total:,} subjects, {rate:,.0f}/s, ETA {eta}",
+            f"{self._label}: {done:,}/{subjects(self._total)}, {rate:,.0f}/s, ETA {eta}",
             highlight=False,
             soft_wrap=True,
         )

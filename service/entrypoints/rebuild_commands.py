@@ -26,7 +26,7 @@ from service.application.rebuild import RebuildTally
 from service.application.republish import RepublishTally, StillChanging
 from service.application.subject_pages import Scope, Tally
 from service.bootstrap import cache_rebuilder, host_port, snapshot_republisher
-from service.entrypoints.progress_display import ProgressDisplay, duration
+from service.entrypoints.progress_display import ProgressDisplay, duration, subjects
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -51,7 +51,9 @@ def rebuild(
     batch: Batch = 1000,
     include_unknown: Annotated[
         bool,
-        typer.Option(help="Also version-0 subjects (named only by rejected commands)."),
+        typer.Option(
+            "--include-unknown", help="Also version-0 subjects (named only by rejected commands)."
+        ),
     ] = False,
 ) -> None:
     """Refill Redis from PostgreSQL, through the worker's version compare-and-set: a state is
@@ -107,7 +109,7 @@ def republish(tenant: Tenant = None, batch: Batch = 1000) -> None:
         _run(command, settings, walk, tally, counts)
     except StillChanging as exc:
         typer.echo(
-            f"optout {command}: {exc.count:,} subjects changed in each of their re-checks;"
+            f"optout {command}: {subjects(exc.count)} changed in each of their re-checks;"
             " their last record is not proven current: run it again",
             err=True,
         )
@@ -145,13 +147,13 @@ def _run(
     elapsed = tally.elapsed_seconds()
     if stopped is False:
         typer.echo(
-            f"optout {command}: {tally.done:,} subjects in {duration(elapsed)}"
+            f"optout {command}: {subjects(tally.done)} in {duration(elapsed)}"
             f" ({tally.rate():,.0f}/s): {counts(tally)}"
         )
         return
     how = "stopped" if stopped else "aborted mid-page"
     typer.echo(
-        f"optout {command}: {how} after {tally.done:,} of {tally.total:,} subjects in"
+        f"optout {command}: {how} after {tally.done:,} of {subjects(tally.total)} in"
         f" {duration(elapsed)}: {counts(tally)}; run it again to finish (safe)",
         err=True,
     )
