@@ -25,14 +25,17 @@ from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import read_size_limits
+from service.adapters.kafka.snapshot_sink import KafkaSnapshotSink
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
+from service.adapters.postgres.subject_pages import PostgresSubjectPages
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, PostgresTombstoneLog
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_refill import RedisCacheRefill
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
@@ -40,6 +43,9 @@ from service.application.history import ConsentHistory
 from service.application.intake import CommandIntake
 from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
+from service.application.rebuild import RebuildCache
+from service.application.republish import RepublishSnapshots
+from service.application.subject_pages import NO_PROGRESS, Progress
 from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
 from service.domain.link_tokens import LinkSigner, signer_from
@@ -389,3 +395,40 @@ async def _start_worker(
     stack.push_async_callback(broker.stop)
     # Unwound first on shutdown: no new batch, the one in flight finishes and commits.
     stack.push_async_callback(_drain, state, settings.shutdown_deadline_seconds)
+
+
+async def cache_rebuilder(
+    settings: Settings, stack: AsyncExitStack, progress: Progress = NO_PROGRESS
+) -> RebuildCache:
+    """`optout cache rebuild`: PostgreSQL pages into the cache the worker writes (same keys,
+    same compare-and-set, same expiry settings). Both are asked at once, PostgreSQL first."""
+    pool = await create_pool(settings.database_dsn, settings.database_schema, 2)
+    stack.push_async_callback(pool.close)
+    redis = create_redis(settings.redis_dsn, cluster=settings.redis_cluster)
+    stack.push_async_callback(redis.aclose)
+    refill = RedisCacheRefill(
+        redis,
+        settings.redis_prefix,
+        settings.cache_ttl_seconds,
+        settings.cache_unknown_ttl_seconds,
+    )
+    pages = PostgresSubjectPages(pool, events=False)
+    await pages.check()
+    await refill.check()
+    return RebuildCache(pages, refill, progress)
+
+
+async def snapshot_republisher(
+    settings: Settings, stack: AsyncExitStack, progress: Progress = NO_PROGRESS
+) -> RepublishSnapshots:
+    """`optout events republish`: PostgreSQL pages onto the compacted preferences topic, with
+    the topic's settings of `contract_topics`. Both are asked at once, PostgreSQL first, then
+    Kafka (the topic is created when missing)."""
+    pool = await create_pool(settings.database_dsn, settings.database_schema, 2)
+    stack.push_async_callback(pool.close)
+    pages = PostgresSubjectPages(pool, events=True)
+    await pages.check()
+    (topic,) = [t for t in contract_topics(settings) if t.name == settings.topic_preferences]
+    sink = await KafkaSnapshotSink.started(settings.kafka_bootstrap, topic)
+    stack.push_async_callback(sink.stop)
+    return RepublishSnapshots(pages, sink, progress)

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from service.bootstrap import host_port, run_migrations
 from service.entrypoints.history_cli import history
 from service.entrypoints.import_cli import import_file
+from service.entrypoints.rebuild_commands import cache_app, events_app
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -28,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("import")(import_file)
+app.add_typer(cache_app, name="cache")
+app.add_typer(events_app, name="events")
 
 
 def _settings() -> Settings:
