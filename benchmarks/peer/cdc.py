@@ -259,6 +259,10 @@ async def measure(
         "update_sent_to_commit_ms": latency_summary(commit_ms),
         "source_ts_to_event_ms_wall_clock": latency_summary(source_lag),
         "cpu": cpu.result,
+        # Connect's CPU per event (all updates of the phase, warm-up included).
+        "connect_cpu_ms_per_event": round(
+            cpu.result["process_under_test_cpu_s"] * 1000 / max(1, len(reader.arrivals)), 3
+        ),
     }
     c2e = figures["commit_to_event_ms"]
     say(

@@ -138,7 +138,11 @@ class ConnectWorker:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     raw = response.read()
             except urllib.error.HTTPError as exc:
-                raise ConnectError(f"{method} {path}: HTTP {exc.code}") from None
+                # Connect's own error document: a config problem names the setting at fault.
+                reason = ""
+                with contextlib.suppress(Exception):
+                    reason = ": " + str(json.loads(exc.read()).get("message", ""))[:300]
+                raise ConnectError(f"{method} {path}: HTTP {exc.code}{reason}") from None
             return json.loads(raw) if raw else None
 
         return await asyncio.to_thread(call)

@@ -190,6 +190,9 @@ async def run_trial(
             else None
         ),
         "cpu": cpu.result,
+        "connect_cpu_us_per_record": round(
+            cpu.result["process_under_test_cpu_s"] * 1e6 / max(1, total), 1
+        ),
         **await _verify(database_dsn, table, backlog.expected),
     }
     say(
