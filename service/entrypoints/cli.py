@@ -99,11 +99,26 @@ def _serve(main: Coroutine[Any, Any, None]) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes in one consumer group (one per core); "
+            "process i serves health and metrics on OPTOUT_HTTP_PORT + i.",
+        ),
+    ] = 1,
+) -> None:
     """Consume commands and apply them; serves /healthz and /readyz."""
+    settings = _settings()
+    if processes > 1:
+        from service.entrypoints.worker_processes import run_processes
+
+        raise typer.Exit(run_processes(processes, settings.http_port))
     from service.entrypoints.server import serve
 
-    _serve(serve(_settings(), with_worker=True))
+    _serve(serve(settings, with_worker=True))
 
 
 @app.command()
