@@ -24,12 +24,13 @@ from service.adapters.kafka.consumer import WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
-from service.adapters.kafka.sizes import read_size_limits
+from service.adapters.kafka.sizes import KafkaTopicRetention, read_size_limits
 from service.adapters.kafka.snapshot_sink import KafkaSnapshotSink
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
+from service.adapters.postgres.retention import PostgresPrunableLogs
 from service.adapters.postgres.subject_pages import PostgresSubjectPages
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, PostgresTombstoneLog
 from service.adapters.prometheus_metrics import PrometheusMetrics
@@ -45,6 +46,7 @@ from service.application.isolation import IsolatingProcessor
 from service.application.process_commands import ProcessCommands
 from service.application.rebuild import RebuildCache
 from service.application.republish import RepublishSnapshots
+from service.application.retention import RetentionJob, RetentionPolicy
 from service.application.subject_pages import NO_PROGRESS, Progress
 from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
@@ -393,6 +395,18 @@ async def _start_worker(
     container.readiness.add("consumer", consumer_probe)
     await broker.start()
     stack.push_async_callback(broker.stop)
+    if settings.retention_seconds:
+        retention = RetentionJob(
+            PostgresPrunableLogs(pool),
+            KafkaTopicRetention(settings.kafka_bootstrap, settings.topic_commands),
+            RetentionPolicy(
+                settings.retention_seconds,
+                settings.retention_batch_rows,
+                settings.retention_interval_seconds,
+            ),
+        )
+        pruning = asyncio.create_task(retention.run_forever())
+        stack.push_async_callback(_cancel, pruning)
     # Unwound first on shutdown: no new batch, the one in flight finishes and commits.
     stack.push_async_callback(_drain, state, settings.shutdown_deadline_seconds)
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=5.0, gt=0)
     # On SIGTERM: how long the in-flight batch may take to finish and commit.
     shutdown_deadline_seconds: float = Field(default=20.0, gt=0)
+    # The processed-command and event logs keep this long, never less than the commands
+    # topic keeps its records (application/retention.py); 0 switches pruning off.
+    retention_seconds: int = Field(default=14 * 86_400, ge=0)
+    retention_batch_rows: int = Field(default=5_000, ge=1, le=100_000)
+    retention_interval_seconds: float = Field(default=60.0, gt=0)
     catalog_file: Path | None = None
 
     http_host: str = "127.0.0.1"

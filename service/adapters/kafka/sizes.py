@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from service.adapters.kafka.outgoing import OutgoingRecord
+from service.application.errors import DependencyUnavailable
 
 # Kafka's own default (message.max.bytes), used when the broker does not say.
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
@@ -101,3 +103,29 @@ def fit_dead_letter(
         key = key[: max(0, len(key) + room)]
         room = 0
     return OutgoingRecord(record.topic, key, value[: max(0, room)], headers)
+
+
+class KafkaTopicRetention:
+    """The commands topic's ``retention.ms`` (``application/retention``), asked each time:
+    an operator may change it while the worker runs."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+
+    async def retention_seconds(self) -> float | None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            try:
+                (response,) = await admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, self._topic, {"retention.ms": None})]
+                )
+            finally:
+                await admin.close()
+        except (KafkaError, OSError) as exc:
+            raise DependencyUnavailable("kafka", type(exc).__name__) from exc
+        value = _config_value(response, "retention.ms")
+        if value is None or value < 0:
+            return None
+        return value / 1000
