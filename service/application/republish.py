@@ -14,8 +14,9 @@ miss subjects. Each subject gets one record under the worker's key, ``{tenant}:{
   nothing, it restates); ``command_id`` is the empty string, which no command can carry (a
   command id has at least one character), so no consumer can mistake the snapshot for the
   answer to a command; ``source`` is ``{"channel": "system", "app": "optout-republish"}``;
-- a forward (``merged_into`` set) or an erased subject: a tombstone (value null), as the
-  worker writes when it merges or erases;
+- a forward (``merged_into`` set) or an erased identifier's hash: a tombstone (value null),
+  as the worker writes when it merges or erases; an erased opaque subject is live (its
+  snapshot is the suppression, as the worker published it);
 - a subject whose row disappeared during the walk (erasure deletes identifiers' rows): a
   tombstone too.
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from service.domain.identifiers import is_erased
 from service.domain.model import SubjectKey, SubjectState
 
 Mark = tuple[int, bool]
@@ -53,7 +54,9 @@ class StoredSubject:
 
     @property
     def live(self) -> bool:
-        return self.state.merged_into is None and not self.state.erased
+        """Published as a snapshot: not a forward, and not an erased identifier's hash (an
+        erased opaque subject is published: its suppression keeps senders away)."""
+        return self.state.merged_into is None and not is_erased(self.state.key.subject_id)
 
     @property
     def mark(self) -> Mark:

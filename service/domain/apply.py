@@ -728,7 +728,9 @@ class _Batch:
         self.keep(erased)
         self.result.replaced.add(final)
         if final == subject:
-            self.tombstone(subject, erased.version, command)
+            # An opaque id names no one by itself: its suppression is published, so a sender
+            # that follows the compacted topic alone keeps the person suppressed too.
+            self.publish(erased, command, [suppression])
         else:
             self.result.erasures.append(
                 Erasure(

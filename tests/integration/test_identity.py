@@ -272,7 +272,11 @@ async def test_erasure_keeps_the_suppression_and_no_identifier_in_clear(
     assert "kept" in erased["detail"]
     assert "erased" in erased["detail"]
     assert f"default:{EMAIL}" in client.tombstones
-    assert "default:user-9" in client.tombstones
+    # The opaque account is published with its suppression, for senders following the topic.
+    suppression = await client.event("user-9", erased["version"])
+    assert [(p["topic"], p["channel"], p["action"]) for p in suppression["preferences"]] == [
+        ("*", "*", "opt_out")
+    ]
 
     # The fences expire (OPTOUT_ERASURE_FENCE_SECONDS=1 here); then nothing is in clear.
     await asyncio.sleep(1.5)

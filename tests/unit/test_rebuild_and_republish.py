@@ -70,7 +70,7 @@ def stored(
     state = SubjectState(
         key, version, {(r.topic, r.channel): r for r in rules}, merged_into, erased
     )
-    live = merged_into is None and not erased
+    live = merged_into is None and not subject_id.startswith("erased:")
     return StoredSubject(state, T0, payload(key, version) if event and live else None)
 
 
@@ -252,8 +252,9 @@ def test_republish_sends_stored_events_snapshots_and_tombstones() -> None:
     live = stored("a", 3, rules=[rule("marketing")])
     bare = stored("b", 2, rules=[rule("product", "opt_in", "c9"), rule("marketing")], event=False)
     forward = stored("email:x@example.com", 2, merged_into="a")
-    erased = stored("c", 5, rules=[rule("*")], erased=True)
-    store.add(live, bare, forward, erased, stored("never", 0))
+    erased = stored("erased:c0ffee", 5, rules=[rule("*")], erased=True)
+    suppressed = stored("c", 6, rules=[rule("*")], erased=True)
+    store.add(live, bare, forward, erased, suppressed, stored("never", 0))
     tally = run(RepublishSnapshots(store, topic).run(Scope(include_unknown=True), 2))
     last = topic.last()
     assert last == {
@@ -261,9 +262,10 @@ def test_republish_sends_stored_events_snapshots_and_tombstones() -> None:
         bare.key: snapshot_payload(bare),
         forward.key: None,
         erased.key: None,
+        suppressed.key: suppressed.event,
     }
-    assert len(topic.log) == 4  # nothing moved: one record each, none for version 0
-    assert (tally.stored, tally.synthesized, tally.tombstones, tally.resent) == (1, 1, 2, 0)
+    assert len(topic.log) == 5  # nothing moved: one record each, none for version 0
+    assert (tally.stored, tally.synthesized, tally.tombstones, tally.resent) == (2, 1, 2, 0)
 
 
 def test_a_synthesized_snapshot_is_a_valid_event_that_names_no_command() -> None:
