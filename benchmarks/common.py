@@ -424,7 +424,7 @@ class CpuWindow:
     generator, and by the whole machine (the rest is Kafka, PostgreSQL, Redis and
     whatever else runs on the machine)."""
 
-    child_pids: Sequence[int]
+    child_pids: int | Sequence[int]  # one process under test, or several
     started: float = 0.0
     child0: float = 0.0
     self0: float = 0.0
@@ -432,7 +432,8 @@ class CpuWindow:
     result: dict[str, float] = field(default_factory=dict)
 
     def _children(self) -> float:
-        return sum(process_cpu_seconds(pid) for pid in self.child_pids)
+        pids = [self.child_pids] if isinstance(self.child_pids, int) else self.child_pids
+        return sum(process_cpu_seconds(pid) for pid in pids)
 
     def __enter__(self) -> CpuWindow:
         self.started = time.perf_counter()
