@@ -255,6 +255,23 @@ def command_id_in_value(record: Any) -> bytes | None:
     return cid.encode() if isinstance(cid, str) else None
 
 
+def outcome_reader_key(statuses: dict[bytes, str]) -> Callable[[Any], bytes | None]:
+    """``command_id_in_value`` for outcomes, also noting each command's status."""
+
+    def key_of(record: Any) -> bytes | None:
+        try:
+            doc = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("command_id"), str):
+            return None
+        cid: bytes = doc["command_id"].encode()
+        statuses.setdefault(cid, str(doc.get("status")))
+        return cid
+
+    return key_of
+
+
 # --- child processes -------------------------------------------------------------------
 
 
