@@ -59,18 +59,28 @@ def markdown(doc: Mapping[str, Any]) -> str:
             f"| {aim['aim']} | {_n(aim['measured'], 3 if (aim['measured'] or 0) < 100 else 0)} "
             f"| {_n(aim['target'], 3 if aim['target'] < 100 else 0)} | {_met(aim['met'])} |"
         )
+    details = doc.get("details") or {}
+    throughput = details.get("throughput") or {}
     lines += [
         "",
-        "**Backlog throughput** (first to last output):",
+        "**Backlog throughput** (first to last output; CPU in cores: the processes under "
+        "test, and the whole machine's share busy):",
         "",
-        "| configuration | commands/s | ratio to the passthrough |",
-        "| --- | ---: | ---: |",
+        "| configuration | commands/s | ratio to the passthrough | process CPU | machine busy |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     passthrough = doc.get("passthrough_msgs_per_s")
     for n, rate in (doc.get("throughput_by_worker_processes") or {}).items():
         ratio = rate / passthrough if rate and passthrough else None
-        lines.append(f"| service, {n} worker process(es) | {_n(rate)} | {_n(ratio, 3)} |")
-    lines.append(f"| passthrough (Kafka only) | {_n(passthrough)} | 1 |")
+        cpu = _cpu((throughput.get("workers") or {}).get(n))
+        lines.append(
+            f"| service, {n} worker process{'es' if n != '1' else ''} | {_n(rate)} | "
+            f"{_n(ratio, 3)} | {cpu} |"
+        )
+    lines.append(
+        f"| passthrough (Kafka only) | {_n(passthrough)} | 1 | "
+        f"{_cpu(throughput.get('passthrough'))} |"
+    )
     if doc.get("peer_sink_cmds_per_s") is not None:
         ratio = (
             doc["peer_sink_cmds_per_s"] / passthrough
@@ -78,7 +88,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
             else None
         )
         lines.append(
-            f"| peer: Debezium JDBC sink | {_n(doc['peer_sink_cmds_per_s'])} | {_n(ratio, 3)} |"
+            f"| peer: Debezium JDBC sink | {_n(doc['peer_sink_cmds_per_s'])} | {_n(ratio, 3)} | | |"
         )
     lines += [
         "",
@@ -113,20 +123,24 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "**Cost growth**: one worker, backlog over the stored subjects:",
         "",
         "| subjects (and processed commands, events) stored | commands/s | ratio to the "
-        "smallest | seeding s |",
-        "| ---: | ---: | ---: | ---: |",
+        "smallest | PostgreSQL ms per command | stored tables GiB | seeding s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     scaling = doc.get("subjects_scaling") or {}
     tiers = _tier_details(doc)
     smallest = next(iter(scaling.values()), None)
     for subjects, rate in scaling.items():
-        seeding = (tiers.get(subjects) or {}).get("seeding") or {}
+        tier = tiers.get(subjects) or {}
+        seeding = tier.get("seeding") or {}
+        postgres = (tier.get("per_batch") or {}).get("postgres_ms") or {}
+        gib = sum(t.get("mib", 0) for t in (tier.get("tables") or {}).values()) / 1024
         ratio = rate / smallest if rate and smallest else None
         lines.append(
             f"| {_n(int(subjects))} | {_n(rate)} | {_n(ratio, 3)} | "
+            f"{_n(postgres.get('per_command'), 3)} | {_n(gib, 1)} | "
             f"{_n(seeding.get('total_s'), 1)} |"
         )
-    soak = (doc.get("details") or {}).get("soak") or {}
+    soak = details.get("soak") or {}
     lines += [
         "",
         f"**Memory**: one worker at {_n(soak.get('rate_per_s'))} commands/s for "
@@ -153,6 +167,18 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "![worker RSS over the soak](soak_rss.png)",
     ]
     return "\n".join(lines)
+
+
+def _cpu(figures: Any) -> str:
+    """Cores used by the processes under test, and the machine's busy share, in a phase."""
+    cpu = (figures or {}).get("cpu") or {}
+    wall = cpu.get("wall_s")
+    if not wall:
+        return "- | -"
+    return (
+        f"{_n(cpu.get('process_under_test_cpu_s', 0) / wall, 2)} | "
+        f"{_n(cpu.get('machine_utilisation', 0) * 100)} %"
+    )
 
 
 def _tier_details(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,3 +284,32 @@ def plot_rss(path: Path, samples: Sequence[tuple[float, int]], warmup_s: float) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main() -> None:
+    """Redraw the README block and the plots from a run's files (after editing this module):
+    ``python -m benchmarks.report [docs/bench]``."""
+    import json
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/bench")
+    doc = json.loads((out / "latest.json").read_text(encoding="utf-8"))
+    samples_path = Path("bench-results") / "samples.json"
+    if (out / "samples.json").exists():
+        samples_path = out / "samples.json"
+    if samples_path.exists():
+        samples = json.loads(samples_path.read_text(encoding="utf-8"))
+        plot_latency(out / "latency_cdf.png", samples["latency_ms"])
+        plot_rss(
+            out / "soak_rss.png",
+            [tuple(s) for s in samples["rss"]],
+            float((doc.get("plan") or {}).get("soak_warmup_s") or 0),
+        )
+    plot_scaling(
+        out / "subjects_scaling.png", doc["subjects_scaling"], doc["passthrough_msgs_per_s"]
+    )
+    write_readme(out / "README.md", markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
