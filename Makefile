@@ -68,7 +68,8 @@ fmt: venv ## format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: migrate ## throughput and latency benchmarks, figures into bench-results/
+# BENCH_QUICK=1: a look in under two minutes (smaller sizes); docs/bench/README.md has the rest.
+bench: migrate ## the performance figures: docs/bench/latest.json, its README table and plots
 	$(BIN)/python -m benchmarks.run
 
 # Servers of the run's own (PostgreSQL, Redis, Kafka), started from the stack's binaries and

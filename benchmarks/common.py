@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
 import random
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -30,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from benchmarks.seed import subject_name
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.settings import Settings
@@ -71,10 +75,22 @@ def free_port() -> int:
 # --- load ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One generated command: its id, key and value as produced, and whether it opts out of
+    something (those are the commands a sender must stop for)."""
+
+    command_id: bytes
+    key: bytes
+    value: bytes
+    opts_out: bool
+
+
 class CommandGenerator:
     """Contract-v1 commands with a realistic mix, reproducible from a seed.
 
-    Many distinct subjects, one to three changes each, mostly opt-outs on catalog topics
+    Subjects are drawn uniformly from the first ``subjects`` benchmark subjects
+    (``seed.subject_name``), one to three changes each, mostly opt-outs on catalog topics
     and channels, a few universal ``*`` statements and data-use opt-outs, every command
     dated "now" so that it is applied (not ``unchanged``) and produces an event.
     """
@@ -94,13 +110,13 @@ class CommandGenerator:
         channel = "*" if roll < 0.2 else rng.choice(_CHANNELS)
         return {"action": action, "topic": rng.choice(_MESSAGE_TOPICS), "channel": channel}
 
-    def next(self) -> tuple[str, bytes, bytes]:
-        """One command as (command_id, key, value bytes)."""
+    def command(self) -> Command:
         rng = self._rng
         command_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        subject = f"user-{rng.randrange(self._subjects)}"
+        subject = subject_name(rng.randrange(self._subjects))
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        doc = {
+        changes = [self._change() for _ in range(rng.choice((1, 1, 2, 3)))]
+        doc: dict[str, Any] = {
             "command_id": command_id,
             "subject_id": subject,
             "occurred_at": now,
@@ -110,11 +126,21 @@ class CommandGenerator:
                 "ip": "203.0.113.7",
                 "user_agent": "Mozilla/5.0 (bench)",
             },
-            "changes": [self._change() for _ in range(rng.choice((1, 1, 2, 3)))],
+            "changes": changes,
         }
         if rng.random() < 0.2:
             doc["reason"] = "too many messages"
-        return command_id, subject.encode(), orjson.dumps(doc)
+        return Command(
+            command_id.encode(),
+            subject.encode(),
+            orjson.dumps(doc),
+            any(c["action"] == "opt_out" for c in changes),
+        )
+
+    def next(self) -> tuple[str, bytes, bytes]:
+        """One command as (command_id, key, value bytes)."""
+        c = self.command()
+        return c.command_id.decode(), c.key, c.value
 
 
 async def preload(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
@@ -229,6 +255,23 @@ def command_id_in_value(record: Any) -> bytes | None:
     return cid.encode() if isinstance(cid, str) else None
 
 
+def outcome_reader_key(statuses: dict[bytes, str]) -> Callable[[Any], bytes | None]:
+    """``command_id_in_value`` for outcomes, also noting each command's status."""
+
+    def key_of(record: Any) -> bytes | None:
+        try:
+            doc = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("command_id"), str):
+            return None
+        cid: bytes = doc["command_id"].encode()
+        statuses.setdefault(cid, str(doc.get("status")))
+        return cid
+
+    return key_of
+
+
 # --- child processes -------------------------------------------------------------------
 
 
@@ -237,6 +280,18 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {**os.environ, **settings.as_environment(), "OPTOUT_LOG_FORMAT": "json"}
     env.update(extra)
     return env
+
+
+def worker_argv() -> list[str]:
+    """``optout worker`` from this virtualenv (its console script, else the module)."""
+    script = Path(sys.executable).with_name("optout")
+    if script.exists() and os.environ.get("BENCH_PROFILE") != "1":
+        return [str(script), "worker"]
+    return [sys.executable, "-m", "service.entrypoints.cli", "worker"]
+
+
+def python_argv(*args: str) -> list[str]:
+    return [sys.executable, *args]
 
 
 @dataclass
@@ -252,19 +307,28 @@ class Child:
     log_path: Path
     assigned_at: float | None = None
     assigned: asyncio.Event = field(default_factory=asyncio.Event)
+    # Every assignment the process logged: (arrival time here, partitions).
+    assignments: list[tuple[float, list[int]]] = field(default_factory=list)
     batches: list[dict[str, Any]] = field(default_factory=list)
     phase: str = "start"
+    peak_rss_bytes: int | None = None
     _reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+    async def start(cls, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
         log_path = _log_path(name)
-        profile = os.environ.get("BENCH_PROFILE") == "1"
-        if profile:  # opt-in: cProfile slows the process down, the figures are not comparable
-            args = ("-m", "cProfile", "-o", str(log_path.with_suffix(".prof")), *args)
+        if os.environ.get("BENCH_PROFILE") == "1" and argv[0] == sys.executable:
+            # Opt-in: cProfile slows the process down, the figures are not comparable.
+            argv = [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(log_path.with_suffix(".prof")),
+                *argv[1:],
+            ]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
+            *argv,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -286,12 +350,22 @@ class Child:
                 if not isinstance(doc, dict):
                     continue
                 event = doc.get("event")
-                if event == "partitions_assigned" and self.assigned_at is None:
-                    self.assigned_at = time.perf_counter()
-                    self.assigned.set()
+                if event == "partitions_assigned":
+                    now = time.perf_counter()
+                    partitions = doc.get("partitions")
+                    self.assignments.append(
+                        (now, list(partitions) if isinstance(partitions, list) else [])
+                    )
+                    if self.assigned_at is None:
+                        self.assigned_at = now
+                        self.assigned.set()
                 elif event == "batch":
                     doc["phase"] = self.phase
                     self.batches.append(doc)
+
+    def holds(self) -> list[int]:
+        """The partitions of the latest assignment logged (empty before any)."""
+        return self.assignments[-1][1] if self.assignments else []
 
     async def wait_assigned(self, within_s: float) -> float:
         waiter = asyncio.create_task(self.assigned.wait())
@@ -306,18 +380,36 @@ class Child:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid)
 
+    def rss_bytes(self) -> int | None:
+        return process_memory(self.proc.pid).get("VmRSS")
+
     async def stop(self) -> None:
-        """SIGTERM (a clean stop: finish the batch, commit), SIGKILL if that takes too long."""
+        """SIGTERM (a clean stop: finish the batch, commit), SIGKILL if that takes too long.
+
+        The peak resident size (``VmHWM``) is read just before, while the process exists.
+        """
         if self.proc.returncode is None:
+            self.peak_rss_bytes = process_memory(self.proc.pid).get("VmHWM")
             self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), 20)
+                await asyncio.wait_for(self.proc.wait(), 30)
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) of a process, in bytes."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(rest.split()[0]) * 1024
+    return found
 
 
 def _log_path(name: str) -> Path:
@@ -345,19 +437,24 @@ def machine_busy() -> tuple[float, float]:
 
 @dataclass
 class CpuWindow:
-    """CPU used during one measured phase: by the process under test, by this load
+    """CPU used during one measured phase: by the processes under test, by this load
     generator, and by the whole machine (the rest is Kafka, PostgreSQL, Redis and
     whatever else runs on the machine)."""
 
-    child_pid: int
+    child_pids: int | Sequence[int]  # one process under test, or several
     started: float = 0.0
     child0: float = 0.0
     self0: float = 0.0
     busy0: float = 0.0
+    result: dict[str, float] = field(default_factory=dict)
+
+    def _children(self) -> float:
+        pids = [self.child_pids] if isinstance(self.child_pids, int) else self.child_pids
+        return sum(process_cpu_seconds(pid) for pid in pids)
 
     def __enter__(self) -> CpuWindow:
         self.started = time.perf_counter()
-        self.child0 = process_cpu_seconds(self.child_pid)
+        self.child0 = self._children()
         self.self0 = time.process_time()
         self.busy0 = machine_busy()[0]
         return self
@@ -367,8 +464,8 @@ class CpuWindow:
 
     def figures(self) -> dict[str, float]:
         wall = time.perf_counter() - self.started
-        cores = os.cpu_count() or 1
-        child = process_cpu_seconds(self.child_pid) - self.child0
+        cores = len(os.sched_getaffinity(0))
+        child = self._children() - self.child0
         own = time.process_time() - self.self0
         busy = machine_busy()[0] - self.busy0
         return {
@@ -521,16 +618,52 @@ def _mem_total_gib() -> float | None:
     return None
 
 
+def _kafka_broker_version() -> str | None:
+    """The version of the local Kafka broker, from its process's class path (jar names such
+    as ``kafka-server-4.1.1.jar`` or the stack's ``kafka-4.1.1/libs``); None if not found."""
+    pattern = re.compile(r"kafka(?:[-_][a-z0-9.]+)*?[-_](\d+\.\d+\.\d+)(?:\.jar|/libs)")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            if "kafka.Kafka " in cmdline or cmdline.endswith("kafka.Kafka"):
+                found = pattern.search(cmdline)
+                if found:
+                    return found.group(1)
+    return None
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "service"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if head.returncode == 0:
+            return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    return None
+
+
 async def machine_info(settings: Settings) -> dict[str, Any]:
     """What the figures were measured on, including the versions of the local stack."""
     info: dict[str, Any] = {
-        "nproc": len(os.sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "memory_gib": _mem_total_gib(),
         "kernel": platform.release(),
         "os": platform.platform(),
         "python": platform.python_version(),
+        "kafka": _kafka_broker_version(),
+        "postgresql": None,
+        "redis": None,
+        "service_commit": _git_commit(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     with contextlib.suppress(Exception):
@@ -545,10 +678,11 @@ async def machine_info(settings: Settings) -> dict[str, Any]:
             info["redis"] = (await redis.info("server")).get("redis_version")
         finally:
             await redis.aclose()
-    with contextlib.suppress(Exception):
-        import aiokafka
-
-        info["aiokafka"] = aiokafka.__version__
+    libraries = {}
+    for name in ("aiokafka", "asyncpg", "redis", "faststream", "orjson", "uvloop", "msgspec"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            libraries[name] = importlib.metadata.version(name)
+    info["libraries"] = libraries
     return info
 
 
