@@ -102,14 +102,14 @@ class Plan:
         q = quick
         return cls(
             quick=quick,
-            backlog=int(_env("BENCH_BACKLOG", "20000" if q else "200000")),
+            backlog=int(_env("BENCH_BACKLOG", "10000" if q else "200000")),
             subjects=int(_env("BENCH_SUBJECTS", "100000")),
             workers=_ints("BENCH_WORKERS", "2"),
             rates=_ints("BENCH_RATES", "1000" if q else "500,1000,2000"),
             rate_seconds=float(_env("BENCH_SECONDS", "5" if q else "20")),
             warmup_s=float(_env("BENCH_WARMUP", "1" if q else "3")),
             tiers=_ints("BENCH_TIERS", "10000,100000" if q else "10000,1000000,10000000"),
-            tier_backlog=int(_env("BENCH_TIER_BACKLOG", "10000" if q else "50000")),
+            tier_backlog=int(_env("BENCH_TIER_BACKLOG", "5000" if q else "50000")),
             soak_rate=float(_env("BENCH_SOAK_RATE", "1000")),
             soak_seconds=float(_env("BENCH_SOAK_SECONDS", "30" if q else "600")),
             soak_warmup_s=float(_env("BENCH_SOAK_WARMUP", "5" if q else "60")),
