@@ -15,7 +15,14 @@ from pydantic import (
 )
 
 from service.contract.storable import STORABLE_TEXT, parse_instant
-from service.domain.commands import Change, Command, CommandKind, Source, SourceChannel
+from service.domain.commands import (
+    TARGET_FIELD,
+    Change,
+    Command,
+    CommandKind,
+    Source,
+    SourceChannel,
+)
 from service.domain.events import AppliedChange, Outcome, PreferenceChanged, Reason, Status
 from service.domain.identifiers import normalize
 from service.domain.model import Action, Rule
@@ -53,7 +60,6 @@ class ChangeV1(_Wire):
 
 
 _SUBJECT = Annotated[str, Field(min_length=1, max_length=256, pattern=STORABLE_TEXT)]
-_TARGET_FIELD = {"link": "identifier", "unlink": "identifier", "merge": "into"}
 
 
 class CommandV1(_Wire):
@@ -107,7 +113,7 @@ class CommandV1(_Wire):
     @classmethod
     def _target_of_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
         kind = info.data.get("kind", "preferences")
-        needed = _TARGET_FIELD.get(kind)
+        needed = TARGET_FIELD.get(kind)
         if value is None:
             if needed == info.field_name:
                 raise ValueError(f"required by a {kind} command")

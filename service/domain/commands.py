@@ -25,6 +25,9 @@ CommandKind = Literal["preferences", "link", "unlink", "merge", "erase"]
 `link`/`unlink` an identifier (`target`) to/from the subject, `merge` the subject into
 another (`target`), `erase` the subject's personal data."""
 
+TARGET_FIELD: dict[str, str] = {"link": "identifier", "unlink": "identifier", "merge": "into"}
+"""The contract field that carries an identity command's `target`, by kind."""
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -9,12 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from service.domain.catalog import Catalog
-from service.domain.commands import SOURCE_CHANNELS, Command
+from service.domain.commands import SOURCE_CHANNELS, TARGET_FIELD, Command
 from service.domain.events import Reason
 from service.domain.identifiers import is_erased, is_identifier
 from service.domain.model import WILDCARD
-
-_TARGET_NAME = {"link": "identifier", "unlink": "identifier", "merge": "into"}
 
 
 def validate(
@@ -74,7 +72,7 @@ def _validate_identity(
         return "invalid_payload", f"a {kind} command takes no changes"
     if is_erased(command.subject_id):
         return "invalid_payload", "subject_id names an erased suppression"
-    target_name = _TARGET_NAME.get(kind)
+    target_name = TARGET_FIELD.get(kind)
     if target_name is not None:
         target = command.target
         if not target:
