@@ -380,6 +380,7 @@ async def _start_worker(
         state=state,
         backoff_max_seconds=settings.retry_backoff_max_seconds,
         telemetry=container.metrics,
+        stage=commands.store if settings.worker_pipeline else None,
     )
 
     async def kafka_probe() -> str | None:

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
     batch_wait_seconds: float = Field(default=0.005, ge=0, le=1.0)
     worker_lanes: int = Field(default=3, ge=1, le=64)
+    # A batch's Redis writes and Kafka publication overlap the next batch's transaction.
+    worker_pipeline: bool = True
     max_record_bytes: int = Field(default=64 * 1024, ge=1_024)
     max_future_seconds: float = Field(default=300.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=5.0, gt=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -62,6 +62,21 @@ class _Outputs:
     to_save: ToSave
     events: list[EventMessage]
     outcomes: list[OutcomeMessage]
+
+
+@dataclass(frozen=True)
+class _StoredLane:
+    """A lane after its transaction committed: what its second stage sends."""
+
+    records: Sequence[RawRecord]
+    commands: list[Received | Malformed]
+    dead: list[DeadLetterRecord]
+    outputs: _Outputs
+    decode_seconds: float
+    store_seconds: float
+
+
+Finish = Callable[[], Awaitable[None]]
 
 
 def encode_outputs(result: BatchResult, loaded: Loaded) -> _Outputs:
@@ -205,19 +220,43 @@ class ProcessCommands:
         """Process `records`; those whose delivery is in `refused` are answered `rejected`
         (`invalid_payload`, the given detail) without being applied: the isolation policy
         (``isolation.py``) found that a dependency refuses them."""
-        if not records:
-            return
+        finish = await self.store(records, refused)
+        await finish()
+
+    async def store(
+        self, records: Sequence[RawRecord], refused: Mapping[Delivery, str] | None = None
+    ) -> Finish:
+        """The first stage: decode, decide and commit the batch to PostgreSQL.
+
+        Returns the second stage (Redis, then Kafka until acknowledged). The worker runs a
+        batch's second stage while the next batch is in its first; the second stages run in
+        batch order, so a key's events keep their order on the topic. A failure in either
+        stage raises; the records' answers are in the processed log from the first stage's
+        commit on, so processing the batch again replays them.
+        """
         started = time.perf_counter()
         lanes: dict[int, list[RawRecord]] = defaultdict(list)
         for record in records:
             lanes[record.partition % self._max_lanes].append(record)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._lane(lane, refused or {})) for lane in lanes.values()]
-        reports = [t.result() for t in tasks]
+            tasks = [
+                group.create_task(self._store_lane(lane, refused or {})) for lane in lanes.values()
+            ]
+        stored = [t.result() for t in tasks]
+
+        async def finish() -> None:
+            self._log_batch(len(records), await self._send(stored), started)
+
+        return finish
+
+    @staticmethod
+    def _log_batch(records: int, reports: Sequence[_LaneReport], started: float) -> None:
+        if not reports:
+            return
         statuses: Counter[str] = sum((r.statuses for r in reports), Counter())
         log.info(
             "batch",
-            records=len(records),
+            records=records,
             lanes=len(reports),
             dead_letters=sum(r.dead_letters for r in reports),
             replayed=sum(r.replayed for r in reports),
@@ -290,9 +329,9 @@ class ProcessCommands:
             await uow.save(outputs.to_save)
         return outputs
 
-    async def _lane(
+    async def _store_lane(
         self, records: Sequence[RawRecord], refused: Mapping[Delivery, str]
-    ) -> _LaneReport:
+    ) -> _StoredLane:
         started = time.perf_counter()
         commands, dead = self._decode(records, refused)
         decoded_at = time.perf_counter()
@@ -300,33 +339,45 @@ class ProcessCommands:
             outputs = await self._decide_and_store(commands)
         else:
             outputs = _Outputs(ToSave(BatchResult(), [], []), [], [])
-        result = outputs.to_save.result
-        stored = time.perf_counter()
-        await self._cache.write(list(result.states.values()))
-        if result.fences:
-            await self._cache.write(result.fences, ttl_seconds=self._fence_seconds)
+        return _StoredLane(
+            records, commands, dead, outputs, decoded_at - started, time.perf_counter() - decoded_at
+        )
+
+    async def _send(self, lanes: Sequence[_StoredLane]) -> list[_LaneReport]:
+        """The second stage of every lane at once: one Redis write, then one wave of events
+        and one of outcomes for the whole batch (each wave is a produce request that waits
+        for the broker, so one per lane cost a request per lane)."""
+        results = [lane.outputs.to_save.result for lane in lanes]
+        started = time.perf_counter()
+        await self._cache.write([s for r in results for s in r.states.values()])
+        fences = [f for r in results for f in r.fences]
+        if fences:
+            await self._cache.write(fences, ttl_seconds=self._fence_seconds)
         cached = time.perf_counter()
-        await self._publisher.publish(outputs.events, outputs.outcomes, dead)
-        tombstones = [e for e in outputs.events if e.payload is None]
+        events = [e for lane in lanes for e in lane.outputs.events]
+        await self._publisher.publish(
+            events,
+            [o for lane in lanes for o in lane.outputs.outcomes],
+            [d for lane in lanes for d in lane.dead],
+        )
+        tombstones = [e for e in events if e.payload is None]
         if tombstones and self._tombstones is not None:
             await self._tombstones.forget_published(tombstones)
         published = time.perf_counter()
-        self._telemetry.lane(
-            _figures(
-                records,
-                commands,
-                result,
-                dead,
-                (decoded_at - started, stored - decoded_at, cached - stored, published - cached),
+        reports = []
+        for lane, result in zip(lanes, results, strict=True):
+            stages = (lane.decode_seconds, lane.store_seconds, cached - started, published - cached)
+            self._telemetry.lane(_figures(lane.records, lane.commands, result, lane.dead, stages))
+            reports.append(
+                _LaneReport(
+                    records=len(lane.records),
+                    dead_letters=len(lane.dead),
+                    replayed=len(result.replayed),
+                    statuses=Counter(o.status for o in result.outcomes),
+                    decode_seconds=lane.decode_seconds,
+                    postgres_seconds=lane.store_seconds,
+                    redis_seconds=cached - started,
+                    kafka_seconds=published - cached,
+                )
             )
-        )
-        return _LaneReport(
-            records=len(records),
-            dead_letters=len(dead),
-            replayed=len(result.replayed),
-            statuses=Counter(o.status for o in result.outcomes),
-            decode_seconds=decoded_at - started,
-            postgres_seconds=stored - decoded_at,
-            redis_seconds=cached - stored,
-            kafka_seconds=published - cached,
-        )
+        return reports

@@ -318,7 +318,7 @@ async def test_failing_publisher_raises_and_the_retry_publishes_the_same_answers
     h = Harness()
     batch = [record(0, command("c1")), record(1, command("c2", "u1", minutes=5))]
     h.publisher.fail = True
-    with pytest.raises(ExceptionGroup):
+    with pytest.raises(DependencyUnavailable):
         await h.process(batch)
     # The transaction committed before publication; the worker holds its offsets and retries.
     committed = dict(h.db.states)
@@ -344,3 +344,37 @@ async def test_command_ids_are_scoped_per_tenant() -> None:
         ("globex", "applied", 1),
         ("globex", "duplicate", 1),
     ]
+
+
+async def test_the_first_stage_commits_and_sends_nothing_until_the_second() -> None:
+    h = Harness()
+    finish = await h.process.store([record(0, command("c1"))])
+    # Committed: a crash now leaves the answer in the processed log, for the replay.
+    assert h.db.commits == 1
+    assert ("default", "c1") in h.db.outcomes
+    assert h.cache.written == []
+    assert h.publisher.outcomes == []
+    await finish()
+    assert [s.version for s in h.cache.written] == [1]
+    assert h.publisher.statuses() == [("applied", None)]
+
+
+async def test_pipelined_batch_whose_outputs_failed_is_replayed_before_the_next_is_sent() -> None:
+    """What the worker does when a batch's second stage fails while the next batch has
+    already committed: the failed batch is processed again whole (its stored answers are
+    replayed), then the next batch's second stage sends its own, so a key's events keep
+    their order."""
+    h = Harness()
+    first = [record(0, command("c1"))]
+    second = [record(1, command("c2", "u1", minutes=5))]
+    finish_first = await h.process.store(first)
+    finish_second = await h.process.store(second)
+    h.publisher.fail = True
+    with pytest.raises(DependencyUnavailable):
+        await finish_first()
+    h.publisher.fail = False
+    await h.process(first)
+    await finish_second()
+    assert h.publisher.statuses() == [("applied", None), ("applied", None)]
+    assert [orjson.loads(e.payload or b"")["version"] for e in h.publisher.events] == [1, 2]
+    assert h.publisher.outcomes[0].payload == h.db.outcomes[("default", "c1")]

@@ -17,6 +17,7 @@ batch can vanish that way again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,10 @@ from service.application.records import RawRecord
 log = structlog.get_logger(__name__)
 
 BatchProcessor = Callable[[Sequence[RawRecord]], Awaitable[None]]
+# A batch's first stage (decode, decide, commit to PostgreSQL), returning its second stage
+# (Redis, then Kafka until acknowledged).
+FinishStage = Callable[[], Awaitable[None]]
+StoreStage = Callable[[Sequence[RawRecord]], Awaitable[FinishStage]]
 
 
 @dataclass
@@ -52,14 +57,24 @@ class WorkerState:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     gaps: GapCheck = field(default_factory=GapCheck)
     stopping: bool = False
+    in_flight: int = 0
 
     def __post_init__(self) -> None:
         self.idle.set()
 
-    async def drain(self, deadline_seconds: float) -> bool:
-        """Take no new batch; wait for the one in flight to be processed and committed.
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
 
-        False when the deadline passed first: that batch's offsets stay uncommitted and its
+    def end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def drain(self, deadline_seconds: float) -> bool:
+        """Take no new batch; wait for those in flight to be processed and committed.
+
+        False when the deadline passed first: their offsets stay uncommitted and their
         records are answered again (identically) by the next owner of the partition.
         """
         self.stopping = True
@@ -256,7 +271,13 @@ def register_worker(
     state: WorkerState,
     backoff_max_seconds: float,
     telemetry: ConsumerTelemetry | None = None,
+    stage: StoreStage | None = None,
 ) -> Any:
+    """Subscribe the worker. With `stage`, batches are pipelined: a batch's first stage
+    (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
+    outputs go out in batch order and offsets are committed in that order, each only after
+    its batch's outputs were acknowledged. Whatever fails is processed again whole by
+    `process` (retried, isolated), after the outputs of every earlier batch."""
     report: ConsumerTelemetry = telemetry or _Silent()
     subscriber_ref: list[Any] = []
 
@@ -284,6 +305,19 @@ def register_worker(
     )
     subscriber_ref.append(subscriber)
 
+    outputs = InOrder()
+
+    def record_lag(consumer: Any, positions: dict[Partition, int], waited: Any) -> None:
+        for (topic, number), position in positions.items():
+            end = consumer.highwater(TopicPartition(topic, number))
+            behind = max(0, end - position) if end is not None else 0
+            report.lag(topic, number, behind, waited.get((topic, number), 0.0) if behind else 0.0)
+
+    async def commit(consumer: Any, records: Sequence[RawRecord]) -> None:
+        committing = time.perf_counter()
+        await consumer.commit(next_offsets(records))
+        report.committed(time.perf_counter() - committing)
+
     async def on_batch(message: KafkaMessage) -> None:
         records = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
@@ -299,7 +333,8 @@ def register_worker(
             partition: max(0.0, arrived - first / 1000)
             for partition, first in first_timestamps(records).items()
         }
-        state.idle.clear()
+        state.begin()
+        handed_over = False
         try:
             # Where each partition stands after this batch: known locally, no round trip.
             positions: dict[Partition, int] = {}
@@ -311,29 +346,102 @@ def register_worker(
             held = await _hold_gaps(consumer, state, records)
             if held:
                 records = [r for r in records if (r.topic, r.partition) not in held]
+                positions = {p: o for p, o in positions.items() if p not in held}
             if not records:
                 return
-            if not await _process_until_done(records, process, state, backoff_max_seconds, report):
+            # One batch's second stage at a time runs beside the next one's first.
+            await outputs.settle(pending=1)
+            finish = await _first_stage(records, stage) if stage is not None else None
+            if finish is None:
+                # No pipeline, or the first stage failed: the whole batch, retried and
+                # isolated as needed, after every earlier batch's outputs.
+                await outputs.settle(pending=0)
+                if not await _process_until_done(
+                    records, process, state, backoff_max_seconds, report
+                ):
+                    return
+                for partition, position in positions.items():
+                    state.gaps.processed(partition, position)
+                await commit(consumer, records)
+                record_lag(consumer, positions, waited)
                 return
             for partition, position in positions.items():
-                if partition not in held:
-                    state.gaps.processed(partition, position)
-            committing = time.perf_counter()
-            await consumer.commit(next_offsets(records))
-            report.committed(time.perf_counter() - committing)
-            for (topic, number), position in positions.items():
-                end = consumer.highwater(TopicPartition(topic, number))
-                behind = max(0, end - position) if end is not None else 0
-                report.lag(
-                    topic, number, behind, waited.get((topic, number), 0.0) if behind else 0.0
-                )
+                state.gaps.processed(partition, position)
+            batch = records
+
+            async def second_stage(earlier_done: bool) -> bool:
+                """True once the batch's outputs are acknowledged (a later commit then
+                covers its offsets even if its own commit failed)."""
+                try:
+                    done = False
+                    if earlier_done:
+                        try:
+                            await finish()
+                            done = True
+                        except Exception as exc:
+                            log.warning(
+                                "batch_outputs_failed", error=describe(exc), records=len(batch)
+                            )
+                    # Processed again from the start: the first stage's answers are in the
+                    # processed log and are replayed, then sent.
+                    done = done or await _process_until_done(
+                        batch, process, state, backoff_max_seconds, report
+                    )
+                    if done:
+                        await commit(consumer, batch)
+                        record_lag(consumer, positions, waited)
+                    return done
+                except Exception as exc:
+                    log.warning(
+                        "offset_commit_failed", error=type(exc).__name__, records=len(batch)
+                    )
+                    return done
+                finally:
+                    state.end()
+
+            outputs.then(second_stage)
+            handed_over = True
         except Exception as exc:
             log.warning("offset_commit_failed", error=type(exc).__name__, records=len(records))
         finally:
-            state.idle.set()
+            if not handed_over:
+                state.end()
 
     subscriber(on_batch)
     return subscriber
+
+
+async def _first_stage(records: Sequence[RawRecord], stage: StoreStage) -> FinishStage | None:
+    """The batch's first stage, or None when it failed (the caller processes it whole)."""
+    try:
+        return await stage(records)
+    except Exception as exc:
+        log.warning("batch_first_stage_failed", error=describe(exc), records=len(records))
+        return None
+
+
+class InOrder:
+    """Second stages of batches, each started once the one before it ended, so a key's
+    outputs keep their order on every topic and offsets are committed in order. Each step
+    learns whether the step before it completed."""
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[asyncio.Task[bool]] = collections.deque()
+
+    def then(self, step: Callable[[bool], Awaitable[bool]]) -> None:
+        previous = self._pending[-1] if self._pending else None
+
+        async def run() -> bool:
+            done = True if previous is None else await asyncio.shield(previous)
+            return await step(done)
+
+        self._pending.append(asyncio.create_task(run()))
+
+    async def settle(self, *, pending: int) -> None:
+        """Wait until at most `pending` steps are still running."""
+        while self._pending and (self._pending[0].done() or len(self._pending) > pending):
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
 
 
 async def _process_until_done(
