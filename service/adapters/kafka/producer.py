@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,6 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.codec import zstd_encode
-from aiokafka.partitioner import murmur2
 
 from service.adapters.kafka.outgoing import OutgoingRecord
 from service.adapters.kafka.sizes import SizeLimits, fit_dead_letter
@@ -71,13 +71,38 @@ _FATAL = (
 )
 
 
+_M = 0x5BD1E995
+_WORD = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``Utils.murmur2``), as aiokafka's pure-Python one computes it, a
+    word at a time: it runs for every record the worker sends."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    for k in struct.unpack_from(f"<{length >> 2}I", data):
+        k = (k * _M) & _WORD
+        k ^= k >> 24
+        h = ((h * _M) & _WORD) ^ ((k * _M) & _WORD)
+    rest = length & 3
+    if rest:
+        tail = data[length - rest :]
+        if rest == 3:
+            h ^= tail[2] << 16
+        if rest >= 2:
+            h ^= tail[1] << 8
+        h = ((h ^ tail[0]) * _M) & _WORD
+    h ^= h >> 13
+    h = (h * _M) & _WORD
+    return h ^ (h >> 15)
+
+
 def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
     """Kafka's default partitioner (murmur2 of the key), as aiokafka applies it; a record
     without a key goes to any partition."""
     if key is None:
         return partitions[random.randrange(len(partitions))]  # noqa: S311 (load, no secret)
-    hashed: int = murmur2(key)
-    return partitions[(hashed & 0x7FFFFFFF) % len(partitions)]
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 class ProducerBroken(Exception):
