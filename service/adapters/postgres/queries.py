@@ -3,13 +3,6 @@
 Arrays are bound as parameters and expanded with ``unnest``; nothing is built from input.
 """
 
-ENSURE_SUBJECTS = """
-INSERT INTO subjects (tenant, subject_id)
-SELECT t, s FROM unnest($1::text[], $2::text[]) AS u(t, s)
-ORDER BY t, s
-ON CONFLICT DO NOTHING
-"""
-
 # Row locks in a fixed order: a slow previous owner of a partition and its new owner
 # serialise on the subject instead of interleaving their writes (or deadlocking). The rules
 # come back in the same round trip; a subject without rules gives one row of NULLs.
@@ -26,6 +19,14 @@ SELECT l.tenant, l.subject_id, l.version, l.merged_into, l.erased_at,
        r.topic, r.channel, r.action, r.occurred_at, r.source_channel, r.command_id
 FROM locked l
 LEFT JOIN rules r ON r.tenant = l.tenant AND r.subject_id = l.subject_id
+"""
+
+# A batch's load in one round trip (the function is migration 0006_lock_batch.sql): create
+# the named subjects, lock them (and the pseudonyms) in key order with their rules, as
+# LOCK_SUBJECTS_WITH_RULES does, then read the processed log as LOAD_PROCESSED does, each
+# statement with its own snapshot. The lock's rows come with part = 1, the log's with 2.
+LOCK_BATCH = """
+SELECT * FROM lock_batch($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
 """
 
 # Every id forwarding to the given subjects, locked: an erasure erases them all.

@@ -91,21 +91,33 @@ class PostgresCommandUnitOfWork:
     ) -> Loaded:
         conn = self._connection
         if keys:
-            tenants = [k.tenant for k in keys]
-            subject_ids = [k.subject_id for k in keys]
-            await conn.execute(queries.ENSURE_SUBJECTS, tenants, subject_ids)
             locking = [*keys, *lookups] if lookups else keys
-            locked = list(await self._lock(conn, locking))
+            rows = await conn.fetch(
+                queries.LOCK_BATCH,
+                [k.tenant for k in keys],
+                [k.subject_id for k in keys],
+                [k.tenant for k in locking],
+                [k.subject_id for k in locking],
+                [t for t, _ in commands],
+                [c for _, c in commands],
+            )
+            locked = [row for row in rows if row["part"] == 1]
+            logged = [row for row in rows if row["part"] == 2]
             now: datetime = locked[0]["now"]
         else:
             locked = []
             now = await conn.fetchval(queries.NOW)
+            logged = list(
+                await conn.fetch(
+                    queries.LOAD_PROCESSED, [t for t, _ in commands], [c for _, c in commands]
+                )
+            )
         forwarders: dict[SubjectKey, list[str]] = {}
         if any(row["merged_into"] is not None for row in locked) or with_forwarders:
             locked.extend(await self._lock_targets(conn, locked))
             if with_forwarders:
                 forwarders = await self._lock_forwarders(conn, locked)
-        processed, answers = await self._load_processed(conn, commands, deliveries)
+        processed, answers = await self._processed(conn, logged, deliveries)
         return Loaded(states_from_rows(locked), processed, answers, now, forwarders)
 
     @staticmethod
@@ -164,12 +176,9 @@ class PostgresCommandUnitOfWork:
         locked.extend(rows)
         return found
 
-    async def _load_processed(
-        self, conn: Connection, commands: Sequence[CommandKey], deliveries: set[Delivery]
+    async def _processed(
+        self, conn: Connection, rows: Sequence[Any], deliveries: set[Delivery]
     ) -> tuple[dict[CommandKey, ProcessedRecord], dict[CommandKey, StoredAnswer]]:
-        rows = await conn.fetch(
-            queries.LOAD_PROCESSED, [t for t, _ in commands], [c for _, c in commands]
-        )
         if not rows:
             return {}, {}
         processed = {
