@@ -55,9 +55,12 @@ def summarise(raw: str) -> str:
             continue
         samples = int(count)
         total += samples
+        # A sample counts for the first stage it shows, the consumer loop last: the
+        # pipeline's second stage runs inside the consumer's callback.
         for name, marker in STAGES:
             if marker in stack:
                 stages[name] += samples
+                break
         frame = stack.split(";")[-1]
         where = frame.split("(")[-1].split(":")[0].rsplit("/", 1)[-1]
         own[f"{frame.split(' (')[0]} ({where})"] += samples
