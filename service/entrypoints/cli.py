@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import ssl
-import time
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -302,13 +303,19 @@ def lag(
         )
 
     if watch is not None:
+        # Ctrl-C ends the watch after the refresh in progress. asyncio.run turns a SIGINT
+        # into a cancellation of its task, and a client library that swallows it let the
+        # watch go on for ever; with a handler of our own, asyncio.run leaves SIGINT alone.
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
         try:
-            while True:
+            while not stop.is_set():
                 # color=True: click drops escape sequences when stdout is not a terminal.
                 typer.echo("\x1b[H\x1b[2J" + show(measure()), color=True)
-                time.sleep(watch)
-        except KeyboardInterrupt:
-            raise typer.Exit(0) from None
+                stop.wait(watch)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise typer.Exit(0)
     rows = measure()
     typer.echo(show(rows))
     if over_limits(rows, max_lag, max_lag_seconds):

@@ -12,7 +12,6 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
 from tests.support.oracle import worker_env
 
@@ -34,7 +33,9 @@ async def test_two_processes_share_the_group_and_stop_on_sigterm(
     settings: Settings, tmp_path: Path
 ) -> None:
     env = worker_env(settings)
-    env["OPTOUT_HTTP_PORT"] = str(free_port())
+    # Each process picks a free port: with a fixed port P the second takes P + 1, which
+    # nothing here reserved (another process may hold it).
+    env["OPTOUT_HTTP_PORT"] = "0"
     log = (tmp_path / "workers.log").open("ab")
     supervisor = subprocess.Popen(  # noqa: ASYNC220 (a long-lived child, not awaited here)
         [sys.executable, "-m", "service.entrypoints.cli", "worker", "--processes", "2"],
