@@ -61,19 +61,33 @@ async def test_partitions_move_between_workers(settings: Settings, tmp_path: Pat
     """A second worker joins mid-stream, then the first leaves: two rebalances."""
     settings = settings.model_copy(update={"batch_max_records": 50})
     stream = random_stream(seed=11, n=900, subjects=40)
+    second_log = tmp_path / "second.log"
     first = start_worker(settings, tmp_path / "first.log", free_port())
     second: subprocess.Popen[bytes] | None = None
     try:
         async with ContractClient(settings) as client:
-            producing = asyncio.create_task(produce(client, stream))
+            await produce(client, stream[:300])
             await client.wait_for(lambda: len(client.outcomes) >= 200, 60)
-            second = start_worker(settings, tmp_path / "second.log", free_port())
-            await client.wait_for(lambda: len(client.outcomes) >= 500, 60)
+            second = start_worker(settings, second_log, free_port())
+            # Commands keep coming while the second worker starts and joins, so the first
+            # rebalance happens mid-stream however fast the first worker drains.
+            sent = 300
+            while not last_assignment(second_log) and sent < 600:
+                await client.send(stream[sent])
+                sent += 1
+                await asyncio.sleep(0.1)
+            assert last_assignment(second_log), "the second worker never joined the group"
+            producing = asyncio.create_task(produce(client, stream[sent:]))
+            await client.wait_for(lambda: len(client.outcomes) >= sent + 50, 60)
             stop(first)
             await producing
             await client.wait_for(lambda: len(client.outcomes) == len(stream), 120)
             await assert_matches_oracle(settings, client, stream)
-        assert "partitions_assigned" in (tmp_path / "second.log").read_text()
+        for _ in range(100):
+            if last_assignment(second_log) == [0, 1, 2]:
+                break
+            await asyncio.sleep(0.1)
+        assert last_assignment(second_log) == [0, 1, 2]
     finally:
         stop(first)
         if second is not None:
