@@ -390,15 +390,7 @@ class Child:
         """
         if self.proc.returncode is None:
             self.peak_rss_bytes = process_memory(self.proc.pid).get("VmHWM")
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+        await end_process(self.proc, self._reader, grace_seconds=30)
 
 
 def process_memory(pid: int) -> dict[str, int]:
@@ -482,6 +474,46 @@ class CpuWindow:
 # --- isolation -------------------------------------------------------------------------
 
 
+async def end_process(
+    proc: asyncio.subprocess.Process,
+    reader: asyncio.Task[None] | None,
+    *,
+    grace_seconds: float,
+) -> None:
+    """SIGTERM, SIGKILL if the process is still there after `grace_seconds`; then let the
+    task reading its output take the last lines."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_seconds)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    if reader is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader, 5)
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete every topic whose name starts with `prefix`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 @dataclass(frozen=True)
 class Isolation:
     """Names of one benchmark run's private resources (all removed by ``cleanup``)."""
@@ -530,11 +562,7 @@ class Isolation:
         """Drop the schema, delete the Redis keys and the topics; return what failed."""
         problems: list[str] = []
         try:
-            conn = await asyncpg.connect(settings.database_dsn)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
-            finally:
-                await conn.close()
+            await drop_schema(settings.database_dsn, settings.database_schema)
         except Exception as exc:
             problems.append(f"postgresql: {type(exc).__name__}")
         try:
@@ -553,14 +581,7 @@ class Isolation:
         except Exception as exc:
             problems.append(f"redis: {type(exc).__name__}")
         try:
-            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-            await admin.start()
-            try:
-                mine = [t for t in await admin.list_topics() if t.startswith(self.topic_prefix)]
-                if mine:
-                    await admin.delete_topics(mine)
-            finally:
-                await admin.close()
+            await delete_topics(settings.kafka_bootstrap, self.topic_prefix)
         except Exception as exc:
             problems.append(f"kafka: {type(exc).__name__}")
         return problems

@@ -11,7 +11,6 @@ rate (its copied records stand for the events), right before the service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from benchmarks.common import (
     CpuWindow,
     OutputReader,
     command_id_in_value,
+    end_process,
     outcome_reader_key,
     python_argv,
 )
@@ -79,16 +79,7 @@ class SenderProcess:
                 self.source_of[parts[0]] = parts[2].decode()
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+        await end_process(self.proc, self._reader, grace_seconds=15)
 
 
 async def _settle(done: Callable[[], bool], progress: Callable[[], int]) -> bool:

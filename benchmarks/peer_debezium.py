@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 
 from benchmarks.common import (
     RESULTS_DIR,
     CommandGenerator,
     create_topics,
+    delete_topics,
+    drop_schema,
     env_float,
     env_int,
     free_port,
@@ -243,22 +244,11 @@ async def _cleanup(settings: Settings, unique: str) -> list[str]:
     """Drop the sink's schema and delete this run's topics; return what failed."""
     problems: list[str] = []
     try:
-        conn = await asyncpg.connect(settings.database_dsn)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS peer_{unique} CASCADE")
-        finally:
-            await conn.close()
+        await drop_schema(settings.database_dsn, f"peer_{unique}")
     except Exception as exc:
         problems.append(f"postgresql: {type(exc).__name__}")
     try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(f"peer.{unique}.")]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
+        await delete_topics(settings.kafka_bootstrap, f"peer.{unique}.")
     except Exception as exc:
         problems.append(f"kafka: {type(exc).__name__}")
     return problems

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
 import tempfile
 import time
 import urllib.error
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import free_port
+from benchmarks.common import end_process, free_port
 
 _ASSIGNED = "Adding newly assigned partitions"
 
@@ -191,16 +190,8 @@ class ConnectWorker:
 
     async def stop(self) -> None:
         """SIGTERM (connectors stop, offsets are flushed), SIGKILL if that takes too long."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+        if self.proc is not None:
+            await end_process(self.proc, self._reader, grace_seconds=20)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
