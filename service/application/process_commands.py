@@ -169,8 +169,8 @@ class ProcessCommands:
 
     A subject's commands all arrive on one partition (the key is the subject id), so lanes
     touch disjoint subjects and per-subject order is kept within each lane; running them
-    concurrently overlaps their PostgreSQL transactions, Redis writes and Kafka
-    acknowledgements. Should a producer key otherwise, the row locks still serialise the
+    concurrently overlaps their PostgreSQL transactions. The lanes' outputs then go out
+    together (``_send``). Should a producer key otherwise, the row locks still serialise the
     lanes on a shared subject. A failing lane cancels the others; the whole batch is then
     retried and the lanes that had committed replay their stored answers.
 

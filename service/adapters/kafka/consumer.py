@@ -307,7 +307,9 @@ def register_worker(
 
     outputs = InOrder()
 
-    def record_lag(consumer: Any, positions: dict[Partition, int], waited: Any) -> None:
+    def record_lag(
+        consumer: Any, positions: dict[Partition, int], waited: dict[Partition, float]
+    ) -> None:
         for (topic, number), position in positions.items():
             end = consumer.highwater(TopicPartition(topic, number))
             behind = max(0, end - position) if end is not None else 0
@@ -352,19 +354,6 @@ def register_worker(
             # One batch's second stage at a time runs beside the next one's first.
             await outputs.settle(pending=1)
             finish = await _first_stage(records, stage) if stage is not None else None
-            if finish is None:
-                # No pipeline, or the first stage failed: the whole batch, retried and
-                # isolated as needed, after every earlier batch's outputs.
-                await outputs.settle(pending=0)
-                if not await _process_until_done(
-                    records, process, state, backoff_max_seconds, report
-                ):
-                    return
-                for partition, position in positions.items():
-                    state.gaps.processed(partition, position)
-                await commit(consumer, records)
-                record_lag(consumer, positions, waited)
-                return
             for partition, position in positions.items():
                 state.gaps.processed(partition, position)
             batch = records
@@ -372,9 +361,9 @@ def register_worker(
             async def second_stage(earlier_done: bool) -> bool:
                 """True once the batch's outputs are acknowledged (a later commit then
                 covers its offsets even if its own commit failed)."""
+                done = False
                 try:
-                    done = False
-                    if earlier_done:
+                    if finish is not None and earlier_done:
                         try:
                             await finish()
                             done = True
@@ -382,8 +371,9 @@ def register_worker(
                             log.warning(
                                 "batch_outputs_failed", error=describe(exc), records=len(batch)
                             )
-                    # Processed again from the start: the first stage's answers are in the
-                    # processed log and are replayed, then sent.
+                    # The whole batch, retried and isolated as needed: without a first
+                    # stage, or after one whose outputs failed (its answers are then in the
+                    # processed log and are replayed), or after an abandoned batch.
                     done = done or await _process_until_done(
                         batch, process, state, backoff_max_seconds, report
                     )
@@ -401,6 +391,10 @@ def register_worker(
 
             outputs.then(second_stage)
             handed_over = True
+            if finish is None:
+                # Nothing of the batch is stored yet: the next batch's first stage waits
+                # until it is, so a subject's commands are applied in their order.
+                await outputs.settle(pending=0)
         except Exception as exc:
             log.warning("offset_commit_failed", error=type(exc).__name__, records=len(records))
         finally:

@@ -227,17 +227,23 @@ class KafkaOutput:
         for r in records:
             partition = partition_for(r.key, partitions[r.topic])
             grouped.setdefault((r.topic, partition), []).append(r)
+
+        def added(batch: Any, r: OutgoingRecord) -> bool:
+            metadata = batch.append(
+                key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
+            )
+            return metadata is not None
+
         batches: list[tuple[tuple[str, int], Any]] = []
         for where, group in grouped.items():
             batch = producer.create_batch()
             for r in group:
-                if batch.append(key=r.key, value=r.value, timestamp=None, headers=list(r.headers)):
+                if added(batch, r):
                     continue
                 batches.append((where, batch))
                 batch = producer.create_batch()
-                if not batch.append(
-                    key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
-                ):
+                # An empty batch takes any first record; should it not, nothing is lost.
+                if not added(batch, r):
                     raise kafka_errors.MessageSizeTooLargeError()
             batch.close()
             batches.append((where, batch))
