@@ -427,6 +427,31 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / ticks, sum(values) / ticks
 
 
+def _server_of(pid: str) -> str | None:
+    """Which of the stack's servers a process is, from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    program = argv[0].rsplit(b"/", 1)[-1]
+    if program.startswith(b"postgres"):
+        return "postgresql"
+    if program.startswith(b"redis-server"):
+        return "redis"
+    if program == b"java" and b"kafka.Kafka" in argv:
+        return "kafka"
+    return None
+
+
+def server_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every PostgreSQL, Redis and Kafka process on the machine."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (server := _server_of(entry.name)) is not None:
+            found[int(entry.name)] = (server, process_cpu_seconds(int(entry.name)))
+    return found
+
+
 @dataclass
 class CpuWindow:
     """CPU used during one measured phase: by the processes under test, by this load
@@ -438,7 +463,8 @@ class CpuWindow:
     child0: float = 0.0
     self0: float = 0.0
     busy0: float = 0.0
-    result: dict[str, float] = field(default_factory=dict)
+    servers0: dict[int, tuple[str, float]] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
     def _children(self) -> float:
         pids = [self.child_pids] if isinstance(self.child_pids, int) else self.child_pids
@@ -449,12 +475,22 @@ class CpuWindow:
         self.child0 = self._children()
         self.self0 = time.process_time()
         self.busy0 = machine_busy()[0]
+        self.servers0 = server_cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.result = self.figures()
 
-    def figures(self) -> dict[str, float]:
+    def _servers(self) -> dict[str, float]:
+        """CPU used meanwhile by each server (a process that ended meanwhile is not counted,
+        so these are lower bounds)."""
+        used: dict[str, float] = {"postgresql": 0.0, "kafka": 0.0, "redis": 0.0}
+        for pid, (server, seconds) in server_cpu_seconds().items():
+            before = self.servers0.get(pid)
+            used[server] += seconds - (before[1] if before and before[0] == server else 0.0)
+        return {server: round(seconds, 2) for server, seconds in used.items()}
+
+    def figures(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
         cores = len(os.sched_getaffinity(0))
         child = self._children() - self.child0
@@ -467,6 +503,7 @@ class CpuWindow:
             "machine_cpu_s": round(busy, 2),
             # Kafka, PostgreSQL, Redis, and anything else running on the machine meanwhile.
             "rest_of_machine_cpu_s": round(busy - child - own, 2),
+            "servers_cpu_s": self._servers(),
             "machine_utilisation": round(busy / (wall * cores), 3) if wall > 0 else 0.0,
         }
 

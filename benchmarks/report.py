@@ -90,6 +90,25 @@ def markdown(doc: Mapping[str, Any]) -> str:
         lines.append(
             f"| peer: Debezium JDBC sink | {_n(doc['peer_sink_cmds_per_s'])} | {_n(ratio, 3)} | | |"
         )
+    budgets = doc.get("cpu_ms_per_command") or {}
+    if budgets:
+        lines += [
+            "",
+            "**CPU per command drained**, ms (from /proc: the processes under test, each "
+            "server, and the rest of the machine; the last column is the rate the cores would "
+            "allow if the processes under test cost nothing):",
+            "",
+            "| configuration | under test | PostgreSQL | Kafka broker | Redis | rest | machine "
+            "| servers-only bound, commands/s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, b in budgets.items():
+            lines.append(
+                f"| {name} | {_n(b.get('processes_under_test'), 3)} | "
+                f"{_n(b.get('postgresql'), 3)} | {_n(b.get('kafka'), 3)} | "
+                f"{_n(b.get('redis'), 3)} | {_n(b.get('everything_else'), 3)} | "
+                f"{_n(b.get('machine'), 3)} | {_n(b.get('servers_only_bound_cmds_per_s'))} |"
+            )
     lines += [
         "",
         "**Latency** at a steady rate, ms (missing: commands with no answer within 10 s of "

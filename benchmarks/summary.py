@@ -164,6 +164,30 @@ def aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def cpu_per_command(figures: Any, cores: float | None) -> dict[str, Any] | None:
+    """Where a drain's CPU went, in ms of CPU per command: the processes under test, each
+    server, and everything else. ``servers_only_bound_cmds_per_s`` is the rate the machine's
+    cores would allow if the processes under test cost nothing: the servers' cost alone."""
+    cpu = _get(figures, "cpu") or {}
+    commands = _num(_get(figures, "commands_in_cpu_window"))
+    servers = cpu.get("servers_cpu_s")
+    if not commands or not isinstance(servers, Mapping):
+        return None
+    per = {name: round(seconds * 1000 / commands, 4) for name, seconds in servers.items()}
+    under_test = (_num(cpu.get("process_under_test_cpu_s")) or 0.0) * 1000 / commands
+    machine = (_num(cpu.get("machine_cpu_s")) or 0.0) * 1000 / commands
+    server_total = sum(per.values())
+    return {
+        "processes_under_test": round(under_test, 4),
+        **per,
+        "everything_else": round(machine - under_test - server_total, 4),
+        "machine": round(machine, 4),
+        "servers_only_bound_cmds_per_s": (
+            round(cores * 1000 / server_total) if cores and server_total > 0 else None
+        ),
+    }
+
+
 def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
     """The document for ``docs/bench/latest.json``."""
     throughput = measurements.get("throughput") or {}
@@ -206,6 +230,15 @@ def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in peer.items():
         if key.startswith("peer_") and key not in doc:
             doc[key] = value
+    cores = _num(_get(measurements, "machine", "cores"))
+    doc["cpu_ms_per_command"] = {
+        name: budget
+        for name, figures in [
+            *((f"service, {n} worker processes", fig) for n, fig in sorted(workers.items())),
+            ("passthrough", throughput.get("passthrough")),
+        ]
+        if (budget := cpu_per_command(figures, cores)) is not None
+    }
     doc["aims"] = aims(doc)
     notes = list(measurements.get("notes") or [])
     if largest is not None and largest < SCALING_LARGE:

@@ -130,3 +130,31 @@ def test_the_readme_keeps_its_hand_written_text_around_the_results(tmp_path: Pat
     assert text.endswith("\n\nafter\n")
     assert "old" not in text
     assert "| 1,000/s | produce → event | 4.0 |" in text
+
+
+def test_cpu_per_command_splits_the_machine_and_bounds_the_rate_by_the_servers_alone() -> None:
+    figures = {
+        "commands": 20_000,
+        "commands_in_cpu_window": 10_000,
+        "cpu": {
+            "process_under_test_cpu_s": 2.0,
+            "machine_cpu_s": 5.0,
+            "servers_cpu_s": {"postgresql": 1.5, "kafka": 0.9, "redis": 0.1},
+        },
+    }
+    budget = summary.cpu_per_command(figures, cores=2)
+    assert budget == {
+        "processes_under_test": 0.2,
+        "postgresql": 0.15,
+        "kafka": 0.09,
+        "redis": 0.01,
+        "everything_else": 0.05,
+        "machine": 0.5,
+        # 2 cores, 0.25 ms of server CPU per command.
+        "servers_only_bound_cmds_per_s": 8000,
+    }
+    assert summary.cpu_per_command({"commands_in_cpu_window": 10, "cpu": {}}, cores=2) is None
+    text = report.markdown(
+        {**summary.build({}), "quick": True, "cpu_ms_per_command": {"x": budget}}
+    )
+    assert "| x | 0.200 | 0.150 | 0.090 | 0.010 | 0.050 | 0.500 | 8,000 |" in text
