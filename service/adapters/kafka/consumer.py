@@ -30,7 +30,6 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
@@ -146,12 +145,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
 
-async def _no_decode(_: Any) -> None:
-    """Records are decoded one by one by the processor; a bad one must not fail the batch.
+async def _raw_records(message: Any) -> Any:
+    """The batch's records as aiokafka gave them, for the handler: they are decoded one by
+    one by the processor (a bad one must not fail the batch).
 
-    A coroutine: faststream runs a plain function given as decoder in a worker thread, one
-    thread hop per batch for nothing."""
-    return None
+    The handler takes them as its body rather than the message from faststream's context:
+    fast_depends resolves a context field in a worker thread, and runs a plain function
+    given as decoder in one too, one thread hop per batch each."""
+    return message.raw_message
 
 
 def raw_batch_parser(
@@ -297,7 +298,7 @@ def register_worker(
         auto_offset_reset="earliest",
         listener=_Rebalance(state, grace_seconds=30.0, telemetry=report),
         parser=raw_batch_parser(consumer_of),
-        decoder=_no_decode,
+        decoder=_raw_records,
         max_poll_interval_ms=600_000,
         # aiokafka keeps one fetch in flight per broker, and leaves out of it the partitions
         # whose records were just returned: a command arriving on such a partition waited
@@ -323,15 +324,15 @@ def register_worker(
         await consumer.commit(next_offsets(records))
         report.committed(time.perf_counter() - committing)
 
-    async def on_batch(message: KafkaMessage) -> None:
+    async def on_batch(raw: Any) -> None:
         records = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
-            for r in message.raw_message
+            for r in raw
         ]
         if not records or state.stopping:
             # Stopping: these records stay uncommitted, for the partition's next owner.
             return
-        consumer: Any = message.consumer
+        consumer: Any = consumer_of()
         report.batch(len(records))
         arrived = time.time()
         waited = {
