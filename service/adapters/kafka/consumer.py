@@ -326,8 +326,7 @@ def register_worker(
 
     async def on_batch(raw: Any) -> None:
         records = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
-            for r in raw
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in raw
         ]
         if not records or state.stopping:
             # Stopping: these records stay uncommitted, for the partition's next owner.
