@@ -378,3 +378,32 @@ async def test_pipelined_batch_whose_outputs_failed_is_replayed_before_the_next_
     assert h.publisher.statuses() == [("applied", None), ("applied", None)]
     assert [orjson.loads(e.payload or b"")["version"] for e in h.publisher.events] == [1, 2]
     assert h.publisher.outcomes[0].payload == h.db.outcomes[("default", "c1")]
+
+
+async def test_a_batch_gets_one_lane_per_hundred_records() -> None:
+    """A lane is a transaction with a fixed cost: the small batches of a steady rate take one,
+    a backlog's batches are spread over up to `max_lanes`."""
+    opened = 0
+    db = FakeDatabase()
+
+    def unit_of_work() -> FakeUnitOfWork:
+        nonlocal opened
+        opened += 1
+        return FakeUnitOfWork(db)
+
+    process = ProcessCommands(
+        unit_of_work,
+        FakeCache(),
+        FakePublisher(),
+        DEFAULT_CATALOG,
+        max_record_bytes=64 * 1024,
+        max_future=timedelta(minutes=5),
+        max_lanes=3,
+    )
+    for size, lanes in ((99, 1), (250, 2), (300, 3), (500, 3)):
+        opened = 0
+        batch = [
+            record(i, command(f"c{size}-{i}", f"u{size}-{i}"), partition=i % 6) for i in range(size)
+        ]
+        await process(batch)
+        assert opened == lanes, size
