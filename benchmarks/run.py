@@ -189,15 +189,7 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
             children, figures = await drain(
                 passthrough,
                 passthrough_out,
-                [
-                    Process(
-                        "passthrough",
-                        python_argv(
-                            "-m", "benchmarks.passthrough", "--output-topic", passthrough_out
-                        ),
-                        process_env(passthrough),
-                    )
-                ],
+                [_passthrough_process("passthrough", passthrough, passthrough_out)],
                 backlog,
                 phase="backlog",
                 say=say,
@@ -294,8 +286,16 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
 WARM_UP_COMMANDS = 200_000
 
 
+def _passthrough_process(name: str, settings: Settings, output_topic: str) -> Process:
+    return Process(
+        name,
+        python_argv("-m", "benchmarks.passthrough", "--output-topic", output_topic),
+        process_env(settings),
+    )
+
+
 async def _warm_up(base: Settings, plan: Plan) -> None:
-    """The passthrough drains part of the backlog through topics of its own, unmeasured.
+    """The passthrough drains commands of its own through topics of its own, unmeasured.
 
     A broker just started runs its request paths interpreted until the JVM compiles them: the
     first drain after ``make stack`` measured the passthrough at less than half its rate of
@@ -312,13 +312,7 @@ async def _warm_up(base: Settings, plan: Plan) -> None:
         children, _ = await drain(
             settings,
             out,
-            [
-                Process(
-                    "warm-up",
-                    python_argv("-m", "benchmarks.passthrough", "--output-topic", out),
-                    process_env(settings),
-                )
-            ],
+            [_passthrough_process("warm-up", settings, out)],
             commands,
             phase="warm-up",
             say=say,

@@ -234,7 +234,10 @@ def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
     doc["cpu_ms_per_command"] = {
         name: budget
         for name, figures in [
-            *((f"service, {n} worker processes", fig) for n, fig in sorted(workers.items())),
+            *(
+                (f"service, {n} worker process{'es' if n != '1' else ''}", fig)
+                for n, fig in sorted(workers.items())
+            ),
             ("passthrough", throughput.get("passthrough")),
         ]
         if (budget := cpu_per_command(figures, cores)) is not None

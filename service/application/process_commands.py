@@ -177,8 +177,8 @@ class ProcessCommands:
     lanes on a shared subject. A failing lane cancels the others; the whole batch is then
     retried and the lanes that had committed replay their stored answers.
 
-    Each lane pays the fixed cost of a transaction, so more lanes are not always faster
-    (README, Benchmarks).
+    Each lane pays the fixed cost of a transaction, so a batch gets one lane per
+    `RECORDS_PER_LANE` records, up to `max_lanes` (README, Benchmarks).
     """
 
     def __init__(
@@ -238,8 +238,8 @@ class ProcessCommands:
         commit on, so processing the batch again replays them.
         """
         started = time.perf_counter()
-        # Each lane pays a transaction's fixed cost: a small batch (a steady rate rather than
-        # a backlog) is cheaper, in CPU and in latency, as one transaction.
+        # A small batch (a steady rate rather than a backlog) is cheaper, in CPU and in
+        # latency, as one transaction.
         count = max(1, min(self._max_lanes, len(records) // RECORDS_PER_LANE))
         lanes: dict[int, list[RawRecord]] = defaultdict(list)
         for record in records:
