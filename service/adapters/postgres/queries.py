@@ -60,7 +60,10 @@ ORDER BY e.tenant, e.subject_id, e.version
 
 # Every write of a batch in one statement (one round trip): each part reads its rows from
 # a json array (plain json: PostgreSQL parses it faster than jsonb), which orjson builds far
-# faster than the driver encodes typed arrays.
+# faster than the driver encodes typed arrays. The documents the service encoded itself (an
+# event's payload, an outcome) come beside it as text arrays, zipped row by row with
+# ROWS FROM: nested in the array they were parsed twice, once in the array and once as a
+# value; an event's payload, the subject's whole snapshot, is stored as text, not parsed.
 # The rules upsert re-checks last-writer-wins in SQL, so it is correct even without the
 # row locks; a stored rejection may be replaced (a producer can fix and resend a command
 # under the same id), an applied or unchanged answer is final.
@@ -108,19 +111,26 @@ events AS (
     INSERT INTO preference_events (tenant, subject_id, version, command_id, event_id,
                                    effective_at, payload)
     SELECT tenant, subject_id, version, command_id, event_id, effective_at, payload
-    FROM json_to_recordset($4::json) AS x(
-        tenant text, subject_id text, version bigint, command_id text, event_id uuid,
-        effective_at timestamptz, payload json)
+    FROM ROWS FROM (
+        json_to_recordset($4::json) AS (
+            tenant text, subject_id text, version bigint, command_id text, event_id uuid,
+            effective_at timestamptz),
+        unnest($6::text[])
+    ) AS x(tenant, subject_id, version, command_id, event_id, effective_at, payload)
     ON CONFLICT DO NOTHING
 ),
 processed AS (
     INSERT INTO processed_commands (command_id, content_hash, tenant, subject_id,
                                     source_topic, source_partition, source_offset, outcome)
     SELECT command_id, content_hash, tenant, subject_id, source_topic, source_partition,
-           source_offset, outcome
-    FROM json_to_recordset($5::json) AS x(
-        command_id text, content_hash text, tenant text, subject_id text, source_topic text,
-        source_partition integer, source_offset bigint, outcome json)
+           source_offset, outcome::json
+    FROM ROWS FROM (
+        json_to_recordset($5::json) AS (
+            command_id text, content_hash text, tenant text, subject_id text,
+            source_topic text, source_partition integer, source_offset bigint),
+        unnest($7::text[])
+    ) AS x(command_id, content_hash, tenant, subject_id, source_topic, source_partition,
+           source_offset, outcome)
     ON CONFLICT (tenant, command_id) DO UPDATE
     SET content_hash = EXCLUDED.content_hash,
         tenant = EXCLUDED.tenant,

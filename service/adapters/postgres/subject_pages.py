@@ -8,8 +8,8 @@ order of strings can differ: the next page's start would then skip or repeat row
 
 One statement per page returns the subjects and their rules (one row per rule, or one row of
 NULLs). With ``events``, it also returns the stored payload of each subject's current
-version, as text (the json column keeps the text as the worker wrote it), and then reads the
-rules only of live subjects without one: the others need none.
+version, as the worker wrote it, and then reads the rules only of live subjects without
+one: the others need none.
 
 Reads never lock: the worker goes on while a walk runs, and the use cases re-read what
 moved (``marks``).

@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-import orjson
 
 from service.adapters.postgres import queries
 from service.adapters.postgres.errors import postgres_errors
@@ -308,7 +307,6 @@ class PostgresCommandUnitOfWork:
                     "command_id": e.event.command_id,
                     "event_id": e.event.event_id,
                     "effective_at": e.event.effective_at,
-                    "payload": orjson.Fragment(e.payload),
                 }
                 for e in batch.events
             ]
@@ -320,7 +318,6 @@ class PostgresCommandUnitOfWork:
                     "command_id": t.command_id,
                     "event_id": event_id_for(t.tenant, t.subject_id, t.version),
                     "effective_at": t.effective_at,
-                    "payload": None,
                 }
                 for t in result.tombstones
             ],
@@ -333,10 +330,11 @@ class PostgresCommandUnitOfWork:
                     "source_topic": p.delivery.topic,
                     "source_partition": p.delivery.partition,
                     "source_offset": p.delivery.offset,
-                    "outcome": orjson.Fragment(payload),
                 }
-                for p, payload in zip(result.processed, batch.processed_outcomes, strict=True)
+                for p in result.processed
             ],
+            [e.payload.decode() for e in batch.events] + [None] * len(result.tombstones),
+            [payload.decode() for payload in batch.processed_outcomes],
         )
         if result.repointed or result.erasures:
             await conn.execute(
