@@ -9,7 +9,8 @@ exactly the worker's Kafka part and nothing else (no decoding, no PostgreSQL, no
   and, like faststream's batch loop, a pause of that timeout after an empty poll;
 - one producer with the service's settings (``acks=all``, idempotence, ``linger_ms=0``);
 - per batch: send every record (same key, same value, the worker's content-type header)
-  without waiting, gather the acknowledgements, then commit the batch's offsets.
+  without waiting, gather the acknowledgements, then commit the batch's offsets;
+- the worker's runtime (``entrypoints/runtime.py``: uvloop, the collector's settings).
 
 Run: ``python -m benchmarks.passthrough --output-topic NAME`` with the ``OPTOUT_*``
 variables (bootstrap, commands topic, consumer group, batch size and wait) in the
@@ -28,6 +29,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from service.entrypoints.runtime import run_forever
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -112,4 +114,4 @@ async def main(output_topic: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--output-topic", required=True, help="where the records are copied to")
-    asyncio.run(main(parser.parse_args().output_topic))
+    run_forever(main(parser.parse_args().output_topic))

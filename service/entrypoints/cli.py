@@ -9,7 +9,6 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +20,7 @@ from service.bootstrap import host_port, run_migrations
 from service.entrypoints.history_cli import history
 from service.entrypoints.import_cli import import_file
 from service.entrypoints.rebuild_commands import cache_app, events_app
+from service.entrypoints.runtime import run_forever
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -94,14 +94,6 @@ def schemas(
         typer.echo(f"wrote {path}")
 
 
-def _serve(main: Coroutine[Any, Any, None]) -> None:
-    """Run a long-lived service on uvloop: the event loop's own work (selecting, scheduling
-    callbacks, socket writes) is a visible share of the worker's time on asyncio's."""
-    import uvloop
-
-    uvloop.run(main)
-
-
 @app.command()
 def worker(
     processes: Annotated[
@@ -122,7 +114,7 @@ def worker(
         raise typer.Exit(run_processes(processes, settings.http_port))
     from service.entrypoints.server import serve
 
-    _serve(serve(settings, with_worker=True))
+    run_forever(serve(settings, with_worker=True))
 
 
 @app.command()
@@ -130,7 +122,7 @@ def api() -> None:
     """HTTP API only (decisions, health); scale it apart from the worker."""
     from service.entrypoints.server import serve
 
-    _serve(serve(_settings(), with_worker=False))
+    run_forever(serve(_settings(), with_worker=False))
 
 
 @app.command()
@@ -149,7 +141,7 @@ def run(
     typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
     typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
     try:
-        _serve(serve(settings, with_worker=True, channels_by_default=True))
+        run_forever(serve(settings, with_worker=True, channels_by_default=True))
     finally:
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
