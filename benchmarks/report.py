@@ -109,6 +109,37 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 f"{_n(b.get('redis'), 3)} | {_n(b.get('everything_else'), 3)} | "
                 f"{_n(b.get('machine'), 3)} | {_n(b.get('servers_only_bound_cmds_per_s'))} |"
             )
+    by_part = doc.get("postgresql_cpu_us_per_command") or {}
+    if by_part:
+        steps = by_part.get("us_per_command") or {}
+        parts = by_part.get("store_parts_us_per_command") or {}
+        lines += [
+            "",
+            f"**PostgreSQL's CPU per command by part**, µs (`benchmarks/store_parts.py`: read "
+            f"on the backend, medians of {by_part.get('batches_per_variant')} batches of "
+            f"{by_part.get('batch_size')}; a part is the store statement less the statement "
+            "without it):",
+            "",
+            "| load | store | commit | all | rules | versions | consent history | events "
+            "| processed log |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| "
+            + " | ".join(
+                _n(v, 1)
+                for v in (
+                    steps.get("load"),
+                    steps.get("store"),
+                    steps.get("commit"),
+                    steps.get("total"),
+                    parts.get("upsert_rules"),
+                    parts.get("bump_versions"),
+                    parts.get("history"),
+                    parts.get("events"),
+                    parts.get("processed"),
+                )
+            )
+            + " |",
+        ]
     lines += [
         "",
         "**Latency** at a steady rate, ms (missing: commands with no answer within 10 s of "

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, scaling, summary
+from benchmarks import report, scaling, store_parts, summary
 from benchmarks.common import (
     RESULTS_DIR,
     Child,
@@ -453,6 +453,10 @@ async def main() -> int:
         if count > 1:
             async with run.phase(f"throughput: {count} workers"):
                 await _more_workers(run, base, backlog, count)
+    async with run.phase("postgresql by part"):
+        batches = 6 if plan.quick else 30
+        say(f"[postgresql by part] {batches} batches of 500 commands, each statement variant")
+        run.measurements["postgresql_by_part"] = await store_parts.measure(batches, 500)
     async with run.phase("scaling"):
         say(f"[scaling] tiers {plan.tiers}, {plan.tier_backlog:,} commands each")
         run.measurements["scaling"] = await scaling.run(

@@ -242,6 +242,7 @@ def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
         ]
         if (budget := cpu_per_command(figures, cores)) is not None
     }
+    doc["postgresql_cpu_us_per_command"] = measurements.get("postgresql_by_part")
     doc["aims"] = aims(doc)
     notes = list(measurements.get("notes") or [])
     if largest is not None and largest < SCALING_LARGE:

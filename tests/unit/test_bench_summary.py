@@ -158,3 +158,23 @@ def test_cpu_per_command_splits_the_machine_and_bounds_the_rate_by_the_servers_a
         {**summary.build({}), "quick": True, "cpu_ms_per_command": {"x": budget}}
     )
     assert "| x | 0.200 | 0.150 | 0.090 | 0.010 | 0.050 | 0.500 | 8,000 |" in text
+
+
+def test_postgresql_cpu_by_part_reaches_the_document_and_its_table() -> None:
+    by_part = {
+        "batch_size": 500,
+        "batches_per_variant": 30,
+        "us_per_command": {"load": 40.0, "store": 130.0, "commit": 2.5, "total": 172.5},
+        "store_parts_us_per_command": {
+            "upsert_rules": 30.0,
+            "bump_versions": 10.0,
+            "history": 30.0,
+            "events": 25.0,
+            "processed": 25.0,
+        },
+    }
+    doc = summary.build({**_measurements(), "postgresql_by_part": by_part})
+    assert doc["postgresql_cpu_us_per_command"] == by_part
+    text = report.markdown(doc)
+    assert "| 40.0 | 130.0 | 2.5 | 172.5 | 30.0 | 10.0 | 30.0 | 25.0 | 25.0 |" in text
+    assert "by part" not in report.markdown(summary.build(_measurements()))
