@@ -71,9 +71,9 @@ class _Measured:
         self._store_sql, self._spent = store_sql, spent
 
     async def _timed(self, method: str, sql: str, *args: Any) -> Any:
-        step = "store" if sql is queries.STORE_BATCH else "load"
+        step = "load"
         if sql is queries.STORE_BATCH:
-            sql = self._store_sql
+            step, sql = "store", self._store_sql
         before = on_cpu_ns(self._pid)
         result = await getattr(self._conn, method)(sql, *args)
         self._spent[step] += on_cpu_ns(self._pid) - before
@@ -148,9 +148,8 @@ async def _run_batch(
 
 
 async def measure(batches_per_variant: int, size: int) -> dict[str, Any]:
-    base = Settings()
-    settings = Isolation(uuid.uuid4().hex[:10]).service_settings(base)
-    isolation = Isolation(settings.database_schema.removeprefix("bench_"))
+    isolation = Isolation(uuid.uuid4().hex[:10])
+    settings = isolation.service_settings(Settings())
     await isolation.prepare_schema(settings)
     pool = await create_pool(settings.database_dsn, settings.database_schema, 1)
     variants = {"all": queries.STORE_BATCH} | {f"without {p}": without(p) for p in PARTS}
