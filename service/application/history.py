@@ -104,6 +104,7 @@ class ConsentRecord:
     source_user_agent: str | None
     reason: str | None
     erased_at: datetime | None
+    actor: str | None = None
 
     @property
     def cursor(self) -> HistoryCursor:

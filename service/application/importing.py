@@ -99,6 +99,8 @@ class ImportOptions:
     phone_region: str | None = None
     # For exports whose times carry no offset (SendGrid, Mailchimp write `2024-05-01 10:00:00`).
     time_zone: tzinfo = UTC
+    # The actor of every command: `import:<file name>`, recorded in the consent history.
+    actor: str = "import"
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption."""
@@ -289,7 +291,16 @@ def command_value(command: Command) -> bytes:
     }
     if command.reason is not None:
         document["reason"] = command.reason
+    if command.source.actor is not None:
+        document["actor"] = command.source.actor
     return orjson.dumps(document, option=orjson.OPT_UTC_Z)
+
+
+def import_actor(file_name: str) -> str:
+    """``import:<file name>``, cut to what the contract's `actor` holds; ``import`` alone
+    when the name holds characters the stores refuse."""
+    actor = f"import:{file_name}"[:MAX_APP_CHARS]
+    return actor if is_storable_text(actor) else "import"
 
 
 class RowMapper:
@@ -314,7 +325,7 @@ class RowMapper:
         app = options.source_app or f"import:{fmt}"
         if not 1 <= len(app) <= MAX_APP_CHARS or not is_storable_text(app):
             raise ImportRefused(f"--source-app must be 1-{MAX_APP_CHARS} characters")
-        self._source = Source(SOURCE_CHANNEL, app)
+        self._source = Source(SOURCE_CHANNEL, app, actor=options.actor)
         self._check_options()
 
     @property

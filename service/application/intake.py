@@ -29,6 +29,18 @@ from service.domain.events import Outcome
 from service.domain.validation import validate
 
 _INTAKE = Delivery("http-intake", 0, 0)
+
+PAGES_ACTOR = "optout-pages"
+SMS_ACTOR = "sms-inbound"
+SERVICE_APPS = frozenset({PAGES_ACTOR, SMS_ACTOR, "optout-republish"})
+"""`source.app` values that name the service's own channels: a client may not claim them."""
+
+
+def names_service_channel(name: str) -> bool:
+    """An app or actor name the service keeps for its own channels (imports included)."""
+    return name in SERVICE_APPS or name == "kafka" or name.startswith("import:")
+
+
 _CHANGE_INDEX = re.compile(r"^changes\[(\d+)\]")
 
 
@@ -104,16 +116,26 @@ class CommandIntake:
         return command, value
 
     async def submit(
-        self, documents: Sequence[Mapping[str, Any]], *, wait_seconds: float = 0.0
+        self,
+        documents: Sequence[Mapping[str, Any]],
+        *,
+        actor: str,
+        wait_seconds: float = 0.0,
+        service_channel: bool = False,
     ) -> list[Accepted]:
         """Check every command, publish all of them or none, then wait for their outcomes.
 
-        With several commands the refusal's field is prefixed ``commands[i]``.
+        ``actor`` (the credential or channel carrying them) is stamped on every command; a
+        document that states one itself is refused. Unless the caller is one of the service's
+        own channels (``service_channel``), a ``source.app`` naming one is refused too, so
+        proof of consent cannot be forged through the API. With several commands the
+        refusal's field is prefixed ``commands[i]``.
         """
         checked: list[tuple[Command, bytes]] = []
         for index, document in enumerate(documents):
             try:
-                checked.append(self.check(document))
+                _check_provenance(document, service_channel=service_channel)
+                checked.append(self.check({**document, "actor": actor}))
             except IntakeRefused as refused:
                 if len(documents) > 1:
                     raise refused.within(f"commands[{index}]") from None
@@ -143,6 +165,19 @@ class CommandIntake:
             [asyncio.shield(f) for f in expected], timeout=max(0.0, deadline - time.monotonic())
         )
         return [f.result() if f.done() and not f.cancelled() else None for f in expected]
+
+
+def _check_provenance(document: Mapping[str, Any], *, service_channel: bool) -> None:
+    if "actor" in document:
+        raise IntakeRefused(
+            "invalid_payload", "set by the service from the credential, never by a client", "actor"
+        )
+    source = document.get("source")
+    app = source.get("app") if isinstance(source, Mapping) else None
+    if not service_channel and isinstance(app, str) and names_service_channel(app):
+        raise IntakeRefused(
+            "invalid_payload", f"{app!r} names one of the service's own channels", "source.app"
+        )
 
 
 def _schema_refusal(document: Mapping[str, Any], summary: str) -> IntakeRefused:

@@ -33,6 +33,7 @@ def _utc(moment: datetime) -> datetime:
 
 
 TENANT_PATTERN = r"^[a-z0-9_-]{1,64}$"
+KAFKA_ACTOR = "kafka"
 
 
 class _Wire(BaseModel):
@@ -86,6 +87,11 @@ class CommandV1(_Wire):
     reason: str | None = Field(default=None, max_length=500, pattern=STORABLE_TEXT)
     # No `:` (the event key is `{tenant}:{subject_id}`), lower case, so one tenant has one name.
     tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    # Who carried the command: set by the service's own producers (the HTTP intake from the
+    # token's name, the pages, the SMS webhook, imports), never by a person's client; a
+    # producer writing straight to the topic (trusted through the topic's ACLs) that names
+    # none is recorded as `kafka`.
+    actor: str = Field(default=KAFKA_ACTOR, min_length=1, max_length=128, pattern=STORABLE_TEXT)
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -133,6 +139,7 @@ class CommandV1(_Wire):
                 app=self.source.app,
                 ip=self.source.ip,
                 user_agent=self.source.user_agent,
+                actor=self.actor,
             ),
             changes=tuple(Change(c.action, c.topic, c.channel) for c in self.changes),
             reason=self.reason,

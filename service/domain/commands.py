@@ -40,12 +40,19 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where the person acted; ip and user agent are proof of consent and stay out of logs."""
+    """Where the person acted; ip and user agent are proof of consent and stay out of logs.
+
+    `actor` names the credential or channel that carried the command (an API token's name,
+    `optout-pages`, `sms-inbound`, `import:<file>`, `kafka`): set by the service, never by
+    the person's client, and kept in the consent history. It is not part of what a command
+    says, so it stays out of `content_hash`.
+    """
 
     channel: str
     app: str | None = None
     ip: str | None = None
     user_agent: str | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

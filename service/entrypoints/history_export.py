@@ -42,6 +42,7 @@ CSV_COLUMNS = (
     "command_id",
     "source_channel",
     "source_app",
+    "actor",
     "source_ip",
     "source_user_agent",
     "reason",
@@ -66,6 +67,11 @@ class HistoryEntryOut(BaseModel):
     effective_at: datetime = Field(description="When the service applied it.")
     source_channel: str
     source_app: str | None
+    actor: str | None = Field(
+        description="The credential or channel that carried the change (an API token's name,"
+        " `optout-pages`, `sms-inbound`, `import:<file>`, `kafka`), set by the service;"
+        " null for changes recorded before it was."
+    )
     source_ip: str | None
     source_user_agent: str | None
     reason: str | None
@@ -96,6 +102,7 @@ class HistoryEntryOut(BaseModel):
             effective_at=record.effective_at,
             source_channel=record.source_channel,
             source_app=record.source_app,
+            actor=record.actor,
             source_ip=kept("source_ip", record.source_ip),
             source_user_agent=kept("source_user_agent", record.source_user_agent),
             reason=kept("reason", record.reason),

@@ -191,7 +191,13 @@ def _prepare(
 
     from service.adapters.import_files import CheckpointFile, CsvRows, head_digest
     from service.application.import_run import Checkpoint
-    from service.application.importing import FORMATS, ImportOptions, ImportRefused, sniff
+    from service.application.importing import (
+        FORMATS,
+        ImportOptions,
+        ImportRefused,
+        import_actor,
+        sniff,
+    )
     from service.contract.storable import parse_instant
     from service.contract.v1 import TENANT_PATTERN
 
@@ -220,6 +226,7 @@ def _prepare(
         source_app=source_app,
         phone_region=phone_region,
         time_zone=zone,
+        actor=import_actor(file.name),
     )
     with CsvRows(file, delimiter) as rows:
         header = rows.header

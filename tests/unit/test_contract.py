@@ -50,7 +50,9 @@ def test_brief_example_decodes() -> None:
     assert command.command_id == "0b9d6c1e-7f7b-4a53-9a0e-3c1f1d2b8f10"
     assert command.occurred_at == datetime(2026, 11, 29, 10, 15, 30, 123000, tzinfo=UTC)
     assert command.occurred_at.tzinfo is UTC
-    assert command.source == Source("email", "newsletter", "203.0.113.7", "Mozilla/5.0")
+    assert command.source == Source(
+        "email", "newsletter", "203.0.113.7", "Mozilla/5.0", actor="kafka"
+    )
     assert command.changes == (
         Change("opt_out", "marketing", "email"),
         Change("opt_out", "*", "sms"),

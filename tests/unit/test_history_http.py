@@ -26,6 +26,7 @@ from tests.unit.test_consent_history import KEY, T0, Store, record
 
 READ = "reader-token-0123456789abcdef"
 WRITE = "writer-token-0123456789abcdef"
+CHECK = "checker-token-0123456789abcd"
 ODD = "a/b\nc"  # subject ids are opaque: slashes, newlines
 
 
@@ -68,7 +69,7 @@ def app() -> Any:
     )
     nothing = NoStates()
     decisions = DecisionService(DEFAULT_CATALOG, nothing, nothing, nothing)
-    auth = Authenticator(parse_tokens(f"r:{READ}:read,w:{WRITE}:write"))
+    auth = Authenticator(parse_tokens(f"r:{READ}:history,w:{WRITE}:write,c:{CHECK}:check"))
     return build_http_app(Readiness(), decisions, auth, history=ConsentHistory(store, KEY))
 
 
@@ -157,7 +158,7 @@ async def test_erased_identifiers_and_formulas_in_csv(http: httpx.AsyncClient) -
     [
         ("/v1/subjects/nobody/history", (404, "unknown_subject", None)),
         ("/v1/subjects/%00/history", (404, "unknown_subject", None)),
-        ("/v1/subjects/acct-a/history?tenant=other", (404, "unknown_subject", None)),
+        ("/v1/subjects/acct-a/history?tenant=other", (403, "tenant_forbidden", "tenant")),
         ("/v1/subjects/email:nobody/history", (422, "invalid_identifier", "subject_id")),
         ("/v1/subjects/phone:12/history", (422, "invalid_identifier", "subject_id")),
         ("/v1/subjects/acct-a/history?cursor=nope", (422, "invalid_cursor", "cursor")),
@@ -174,11 +175,13 @@ async def test_errors_name_the_field(
     assert error_of(await http.get(path)) == expected
 
 
-async def test_the_read_scope_is_required(anonymous: httpx.AsyncClient) -> None:
+async def test_the_history_scope_is_required(anonymous: httpx.AsyncClient) -> None:
     path = "/v1/subjects/acct-a/history"
     assert error_of(await anonymous.get(path)) == (401, "unauthorized", None)
-    writer = {"Authorization": f"Bearer {WRITE}"}
-    assert error_of(await anonymous.get(path, headers=writer)) == (403, "forbidden", None)
+    for other in (WRITE, CHECK):
+        headers = {"Authorization": f"Bearer {other}"}
+        forbidden = await anonymous.get(path, headers=headers)
+        assert error_of(forbidden) == (403, "scope_forbidden", None)
     reader = {"Authorization": f"Bearer {READ}"}
     assert (await anonymous.get(path, headers=reader)).status_code == 200
 
@@ -187,7 +190,7 @@ async def test_the_openapi_document_describes_the_export(anonymous: httpx.AsyncC
     document = (await anonymous.get("/openapi.json")).json()
     operation = document["paths"]["/v1/subjects/{subject_id}/history"]["get"]
     assert operation["operationId"] == "getHistory"
-    assert operation["security"] == [{"bearer": ["read"]}]
+    assert operation["security"] == [{"bearer": ["history"]}]
     assert set(operation["responses"]) == {"200", "401", "403", "404", "422", "503"}
     ok = operation["responses"]["200"]
     assert set(ok["content"]) == {"application/json", "text/csv"}

@@ -28,6 +28,7 @@ from service.entrypoints.http.security import Authenticator, parse_tokens
 
 READ = "reader-token-0123456789abcdef"
 WRITE = "writer-token-0123456789abcdef"
+TWO = "two-tenants-token-0123456789"
 LIMIT = 128 * 1024  # a full batch fits
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -70,7 +71,7 @@ def store() -> Store:
 @pytest.fixture
 def app(store: Store) -> Any:
     decisions = DecisionService(DEFAULT_CATALOG, store, store, store)
-    auth = Authenticator(parse_tokens(f"r:{READ}:read,w:{WRITE}:write"))
+    auth = Authenticator(parse_tokens(f"r:{READ}:read,w:{WRITE}:write,t:{TWO}:check:default+t2"))
     return build_http_app(Readiness(), decisions, auth, max_body_bytes=LIMIT)
 
 
@@ -122,7 +123,11 @@ async def test_subject_ids_are_opaque(http: httpx.AsyncClient, subject_id: str) 
 
 
 async def test_preferences_and_batch(http: httpx.AsyncClient) -> None:
-    page = await http.get("/v1/subjects/nobody/preferences", params={"tenant": "t2"})
+    page = await http.get(
+        "/v1/subjects/nobody/preferences",
+        params={"tenant": "t2"},
+        headers={"Authorization": f"Bearer {TWO}"},
+    )
     assert page.status_code == 200
     assert page.json()["tenant"] == "t2"
     assert page.json()["version"] == 0
@@ -289,7 +294,7 @@ async def test_auth(anonymous: httpx.AsyncClient) -> None:
         await anonymous.get(path, headers=writer),
         await anonymous.post("/v1/check", json={}, headers=writer),
     ):
-        assert error_of(response) == (403, "forbidden", None)
+        assert error_of(response) == (403, "scope_forbidden", None)
         assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert (await anonymous.get(path, headers={"Authorization": f"bearer {READ}"})).is_success
     for open_path in ("/healthz", "/readyz", "/openapi.json"):
@@ -375,4 +380,4 @@ async def test_openapi_lists_the_catalog_and_documents_every_answer(
     }
     for path in document["paths"].values():
         for operation in path.values():
-            assert operation["security"] == [{"bearer": ["read"]}]
+            assert operation["security"] == [{"bearer": ["check"]}]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -63,7 +64,7 @@ def intake() -> tuple[CommandIntake, Sink]:
 async def test_the_outcome_is_expected_before_the_command_is_published() -> None:
     made, sink = intake()
     doc = command("user-1", [("opt_out", "marketing", "email")])
-    [accepted] = await made.submit([doc], wait_seconds=1)
+    [accepted] = await made.submit([doc], actor="crm", wait_seconds=1)
     assert sink.expected_at_publish == [True]
     assert accepted.outcome is not None
     assert accepted.outcome.status == "applied"
@@ -75,10 +76,36 @@ async def test_one_refused_command_publishes_none_of_the_batch() -> None:
     good = command("user-1", [("opt_out", "marketing", "email")])
     bad = command("user-2", [("opt_in", "marketing", "carrier-pigeon")])
     with pytest.raises(IntakeRefused) as refused:
-        await made.submit([good, bad])
+        await made.submit([good, bad], actor="crm")
     assert refused.value.error == "unknown_channel"
     assert refused.value.field == "commands[1].changes[0].channel"
     assert sink.published == []
+
+
+async def test_the_actor_is_stamped_by_the_service_and_never_taken_from_the_client() -> None:
+    made, sink = intake()
+    doc = command("user-1", [("opt_out", "marketing", "email")])
+    [accepted] = await made.submit([doc], actor="crm")
+    assert accepted.command.source.actor == "crm"
+    assert orjson.loads(sink.published[0][1])["actor"] == "crm"
+    with pytest.raises(IntakeRefused) as claimed:
+        await made.submit([{**doc, "actor": "optout-pages"}], actor="crm")
+    assert (claimed.value.error, claimed.value.field) == ("invalid_payload", "actor")
+    assert len(sink.published) == 1
+
+
+@pytest.mark.parametrize("app", ["optout-pages", "sms-inbound", "import:list.csv", "kafka"])
+async def test_a_client_may_not_name_the_services_own_channels_as_its_app(app: str) -> None:
+    made, sink = intake()
+    doc = command("user-1", [("opt_out", "marketing", "email")])
+    doc["source"] = {"channel": "web", "app": app}
+    with pytest.raises(IntakeRefused) as refused:
+        await made.submit([doc], actor="crm")
+    assert (refused.value.error, refused.value.field) == ("invalid_payload", "source.app")
+    assert sink.published == []
+    # Positive control: the pages themselves name their own app.
+    [accepted] = await made.submit([doc], actor="optout-pages", service_channel=True)
+    assert accepted.command.source.app == app
 
 
 def test_schema_errors_name_the_field() -> None:

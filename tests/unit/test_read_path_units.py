@@ -38,8 +38,8 @@ def test_tokens_parse_with_scopes_and_colons_in_the_token() -> None:
         " a:aaaaaaaaaaaaaaaa:read , b:bb:bbbbbbbbbbbbbb:read+write,c:cccccccccccccccc:write,"
     )
     assert [(t.name, sorted(t.scopes)) for t in tokens] == [
-        ("a", ["read"]),
-        ("b", ["read", "write"]),
+        ("a", ["check"]),
+        ("b", ["check", "write"]),
         ("c", ["write"]),
     ]
     assert tokens[1].secret == b"bb:bbbbbbbbbbbbbb"
@@ -50,7 +50,7 @@ def test_tokens_parse_with_scopes_and_colons_in_the_token() -> None:
     "spec",
     [
         "a:aaaaaaaaaaaaaaaa",
-        "a:aaaaaaaaaaaaaaaa:admin",
+        "a:aaaaaaaaaaaaaaaa:root",
         ":aaaaaaaaaaaaaaaa:read",
         "a:tiny:read",
         "a:aaaaaaaaaaaaaaaa:read,a:bbbbbbbbbbbbbbbb:read",

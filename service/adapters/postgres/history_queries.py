@@ -40,7 +40,7 @@ matched AS (
 )
 SELECT h.id, h.subject_id, h.addressed_as, h.command_id, h.action, h.topic, h.channel,
        h.related, h.occurred_at, h.effective_at, h.source_channel, h.source_app,
-       h.source_ip, h.source_user_agent, h.reason, h.erased_at
+       h.source_ip, h.source_user_agent, h.reason, h.erased_at, h.actor
 FROM consent_history h
 JOIN matched m ON m.id = h.id
 WHERE $3::timestamptz IS NULL OR (h.effective_at, h.id) > ($3::timestamptz, $4::bigint)

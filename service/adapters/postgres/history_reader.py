@@ -71,4 +71,5 @@ def _record(row: Any) -> ConsentRecord:
         source_user_agent=row["source_user_agent"],
         reason=row["reason"],
         erased_at=row["erased_at"],
+        actor=row["actor"],
     )

@@ -97,15 +97,16 @@ bump_versions AS (
 history AS (
     INSERT INTO consent_history (tenant, subject_id, command_id, action, topic, channel,
                                  occurred_at, effective_at, source_channel, source_app,
-                                 source_ip, source_user_agent, reason, addressed_as, related)
+                                 source_ip, source_user_agent, reason, addressed_as, related,
+                                 actor)
     SELECT tenant, subject_id, command_id, action, topic, channel, occurred_at, effective_at,
            source_channel, source_app, source_ip, source_user_agent, reason, addressed_as,
-           related
+           related, actor
     FROM json_to_recordset($3::json) AS x(
         tenant text, subject_id text, command_id text, action text, topic text, channel text,
         occurred_at timestamptz, effective_at timestamptz, source_channel text,
         source_app text, source_ip text, source_user_agent text, reason text,
-        addressed_as text, related text)
+        addressed_as text, related text, actor text)
 ),
 events AS (
     INSERT INTO preference_events (tenant, subject_id, version, command_id, event_id,

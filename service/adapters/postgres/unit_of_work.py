@@ -296,6 +296,7 @@ class PostgresCommandUnitOfWork:
                     "reason": h.reason,
                     "addressed_as": h.addressed_as,
                     "related": h.related,
+                    "actor": h.source.actor,
                 }
                 for h in result.history
             ],

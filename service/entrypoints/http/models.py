@@ -160,19 +160,24 @@ class PreferencesOut(_Body):
         )
 
 
+TENANT_HELP = (
+    "The tenant; omitted: the token's only tenant (422 `tenant_required` if it has several)."
+)
+
+
 class PreferencesQuery(_Query):
-    tenant: Tenant = "default"
+    tenant: Tenant | None = Field(default=None, description=TENANT_HELP)
 
 
 class CheckQuery(_Query):
     topic: TopicName
     channel: ChannelName
-    tenant: Tenant = "default"
+    tenant: Tenant | None = Field(default=None, description=TENANT_HELP)
 
 
 class CheckIn(_Body):
     subject_id: SubjectId
-    tenant: Tenant = "default"
+    tenant: Tenant | None = Field(default=None, description=TENANT_HELP)
     topic: TopicName
     channel: ChannelName
 

@@ -27,7 +27,7 @@ from service.entrypoints.http.models import (
     PreferencesOut,
     PreferencesQuery,
 )
-from service.entrypoints.http.security import requires
+from service.entrypoints.http.security import Caller, requires
 
 
 class _SubjectConvertor(Convertor[str]):
@@ -63,7 +63,7 @@ SubjectIdPath = Annotated[
 
 router = APIRouter(
     prefix="/v1",
-    dependencies=[requires("read")],
+    dependencies=[requires("check")],
     responses=error_responses(401, 403, 422, 503),
 )
 
@@ -78,9 +78,11 @@ async def preferences(
     subject_id: SubjectIdPath,
     query: Annotated[PreferencesQuery, Query()],
     service: Decisions,
+    caller: Caller,
 ) -> PreferencesOut:
+    tenant = caller.tenant_for(query.tenant)
     subject_id = normalized(subject_id, "subject_id")
-    prefs = await service.preferences(SubjectKey(query.tenant, subject_id))
+    prefs = await service.preferences(SubjectKey(tenant, subject_id))
     return PreferencesOut.of(prefs)
 
 
@@ -94,15 +96,17 @@ async def check(
     subject_id: SubjectIdPath,
     query: Annotated[CheckQuery, Query()],
     service: Decisions,
+    caller: Caller,
 ) -> DecisionOut:
+    tenant = caller.tenant_for(query.tenant)
     try:
         service.validate(query.topic, query.channel)
     except CatalogLookupError as exc:
         raise unknown_name(exc) from None
     subject_id = normalized(subject_id, "subject_id")
-    question = Question(subject_id, query.topic, query.channel, query.tenant)
+    question = Question(subject_id, query.topic, query.channel, tenant)
     decision = await service.is_allowed(question.key, query.topic, query.channel)
-    return DecisionOut.of(subject_id, query.tenant, decision)
+    return DecisionOut.of(subject_id, tenant, decision)
 
 
 @router.post(
@@ -112,15 +116,16 @@ async def check(
     response_description="One result per check, in order.",
     responses=error_responses(413),
 )
-async def check_batch(batch: CheckBatchIn, service: Decisions) -> CheckBatchOut:
+async def check_batch(batch: CheckBatchIn, service: Decisions, caller: Caller) -> CheckBatchOut:
     questions: list[Question] = []
     for index, item in enumerate(batch.checks):
+        tenant = caller.tenant_for(item.tenant, field=f"checks[{index}].tenant")
         try:
             service.validate(item.topic, item.channel)
         except CatalogLookupError as exc:
             raise unknown_name(exc, f"checks[{index}].") from None
         subject_id = normalized(item.subject_id, f"checks[{index}].subject_id")
-        questions.append(Question(subject_id, item.topic, item.channel, item.tenant))
+        questions.append(Question(subject_id, item.topic, item.channel, tenant))
     decisions = await service.check_many(questions)
     return CheckBatchOut(
         results=[

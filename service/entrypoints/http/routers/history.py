@@ -24,12 +24,12 @@ from service.application.history import (
 from service.domain.identifiers import InvalidIdentifier
 from service.entrypoints.history_export import HistoryOut, to_csv
 from service.entrypoints.http.errors import ApiError, error_responses
-from service.entrypoints.http.models import Tenant
+from service.entrypoints.http.models import TENANT_HELP, Tenant
 
 # Registers the `subject` path convertor (opaque ids: slashes, newlines) before the route
 # below is compiled.
 from service.entrypoints.http.routers import decisions as _decisions  # noqa: F401
-from service.entrypoints.http.security import requires
+from service.entrypoints.http.security import Caller, requires
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
@@ -38,7 +38,7 @@ class HistoryQuery(BaseModel):
     # A misspelt `tenant` would otherwise silently export the default tenant's subject.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tenant: Tenant = "default"
+    tenant: Tenant | None = Field(default=None, description=TENANT_HELP)
     format: Literal["json", "csv"] = Field(
         default="json", description="`csv`: one row per entry, erased cells say `erased`."
     )
@@ -69,7 +69,7 @@ SubjectIdPath = Annotated[
 
 router = APIRouter(
     prefix="/v1",
-    dependencies=[requires("read")],
+    dependencies=[requires("history")],
     responses=error_responses(401, 403, 404, 422, 503),
 )
 
@@ -99,18 +99,20 @@ async def history(
     query: Annotated[HistoryQuery, Query()],
     request: Request,
     service: History,
+    caller: Caller,
 ) -> Response:
+    tenant = caller.tenant_for(query.tenant)
     try:
         after = None if query.cursor is None else HistoryCursor.parse(query.cursor)
     except InvalidCursor as exc:
         raise ApiError(422, "invalid_cursor", str(exc), "cursor") from None
     try:
-        page = await service.page(query.tenant, subject_id, after, query.limit)
+        page = await service.page(tenant, subject_id, after, query.limit)
     except InvalidIdentifier as exc:
         raise ApiError(422, "invalid_identifier", str(exc), "subject_id") from None
     except UnknownSubject:
         raise ApiError(
-            404, "unknown_subject", f"no subject has this id in tenant {query.tenant!r}"
+            404, "unknown_subject", f"no subject has this id in tenant {tenant!r}"
         ) from None
     headers = {}
     if page.next is not None:

@@ -1,4 +1,9 @@
-"""Command intake and link making over HTTP, for apps without a Kafka client (scope `write`).
+"""Command intake and link making over HTTP, for apps without a Kafka client.
+
+Preference commands and links need the `write` scope, identity commands (link, unlink,
+merge, erase) the `identity` scope, and every command acts for a tenant of the token: one
+it names, or the token's only tenant when it names none. The token's name is the actor of
+every command it submits.
 
 The body is read as raw JSON and checked by the worker's own decoding and validation
 (``CommandIntake.check``), not by a model of its own: HTTP must refuse exactly what the
@@ -27,7 +32,7 @@ from service.domain.catalog import (
 from service.domain.link_tokens import LinkClaim
 from service.entrypoints.http.channels import Channels, now_seconds
 from service.entrypoints.http.errors import ApiError, error_responses
-from service.entrypoints.http.security import requires
+from service.entrypoints.http.security import ApiToken, Caller, requires
 
 MAX_COMMANDS = 500
 MAX_WAIT_SECONDS = 10.0
@@ -50,7 +55,9 @@ def _answer(accepted: Accepted) -> dict[str, Any]:
     "/commands",
     operation_id="submitCommands",
     summary=f'Publish a contract-v1 command, or {{"commands": [...]}} (up to {MAX_COMMANDS})',
-    dependencies=[requires("write")],
+    description="Scope `write` for preference commands, `identity` for link, unlink, merge"
+    " and erase. A command without `tenant` acts for the token's only tenant.",
+    dependencies=[requires()],
     status_code=202,
     responses={
         200: {"description": "Published, and every outcome arrived within `wait`."},
@@ -61,6 +68,7 @@ def _answer(accepted: Accepted) -> dict[str, Any]:
 async def submit_commands(
     request: Request,
     channels: Channels,
+    caller: Caller,
     wait: Annotated[
         float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for the outcome.")
     ] = 0.0,
@@ -84,8 +92,12 @@ async def submit_commands(
         )
     if len(documents) > MAX_COMMANDS:
         raise ApiError(422, "invalid_request", f"at most {MAX_COMMANDS} commands", "commands")
+    documents = [
+        _authorised(document, caller, f"commands[{index}]." if batch else "")
+        for index, document in enumerate(documents)
+    ]
     try:
-        accepted = await channels.intake.submit(documents, wait_seconds=wait)
+        accepted = await channels.intake.submit(documents, actor=caller.name, wait_seconds=wait)
     except IntakeRefused as refused:
         raise ApiError(422, refused.error, refused.detail, refused.field) from None
     complete = wait > 0 and all(a.outcome is not None for a in accepted)
@@ -95,13 +107,27 @@ async def submit_commands(
     return JSONResponse(_answer(accepted[0]), status_code=status)
 
 
+def _authorised(document: dict[str, Any], caller: ApiToken, prefix: str) -> dict[str, Any]:
+    """The document acting for a tenant the token holds, with the scope its kind needs."""
+    kind = document.get("kind", "preferences")
+    caller.require("write" if kind == "preferences" else "identity")
+    named = document.get("tenant")
+    if named is not None and not isinstance(named, str):
+        raise ApiError(422, "invalid_payload", "a tenant name", f"{prefix}tenant")
+    return {**document, "tenant": caller.tenant_for(named, field=f"{prefix}tenant")}
+
+
 class LinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     subject_id: str = Field(min_length=1, max_length=256)
     topic: str = Field(min_length=1, max_length=128)
     channel: str = Field(default="email", min_length=1, max_length=64)
-    tenant: str = Field(default="default", pattern=r"^[a-z0-9_-]{1,64}$")
+    tenant: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_-]{1,64}$",
+        description="Omitted: the token's only tenant.",
+    )
 
 
 class LinkOut(BaseModel):
@@ -117,7 +143,8 @@ class LinkOut(BaseModel):
     dependencies=[requires("write")],
     responses=error_responses(503),
 )
-async def make_link(body: LinkIn, channels: Channels) -> LinkOut:
+async def make_link(body: LinkIn, channels: Channels, caller: Caller) -> LinkOut:
+    tenant = caller.tenant_for(body.tenant)
     try:
         link_problem(channels.intake.catalog, body.topic, body.channel)
     except CatalogLookupError as exc:
@@ -127,7 +154,7 @@ async def make_link(body: LinkIn, channels: Channels) -> LinkOut:
         )
         raise ApiError(422, error, str(exc), name) from None
     link = channels.make_link(
-        LinkClaim(body.tenant, body.subject_id, body.topic, body.channel, now_seconds())
+        LinkClaim(tenant, body.subject_id, body.topic, body.channel, now_seconds())
     )
     return LinkOut(
         url=link.url,

@@ -29,12 +29,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from service.application.intake import Accepted, IntakeRefused
+from service.application.intake import PAGES_ACTOR, Accepted, IntakeRefused
 from service.domain.events import Outcome
 from service.domain.link_tokens import LinkClaim, LinkTokenError
 from service.domain.model import WILDCARD, Decision, SubjectKey
 from service.entrypoints.http.channels import STATIC, TEMPLATES, Channels, ChannelsConfig
 
+# The pages are one of the service's own channels: they name themselves as the actor.
+AS_PAGES: dict[str, Any] = {"actor": PAGES_ACTOR, "service_channel": True}
 log = structlog.get_logger(__name__)
 
 CSP = (
@@ -197,7 +199,7 @@ async def unsubscribe(token: str, request: Request, channels: Channels) -> Respo
     )
     try:
         [accepted] = await channels.intake.submit(
-            [command], wait_seconds=channels.page_outcome_wait_seconds
+            [command], wait_seconds=channels.page_outcome_wait_seconds, **AS_PAGES
         )
     except IntakeRefused as refused:
         log.warning("unsubscribe_refused", reason=refused.error)
@@ -331,7 +333,9 @@ async def _honour_gpc(request: Request, channels: ChannelsConfig, claim: LinkCla
             "web",
             "Global Privacy Control",
         )
-        await channels.intake.submit([command], wait_seconds=channels.page_outcome_wait_seconds)
+        await channels.intake.submit(
+            [command], wait_seconds=channels.page_outcome_wait_seconds, **AS_PAGES
+        )
     return [channels.texts["preferences_gpc"]]
 
 
@@ -388,7 +392,7 @@ async def save_preferences(token: str, request: Request, channels: Channels) -> 
     ]
     try:
         accepted = await channels.intake.submit(
-            commands, wait_seconds=channels.page_outcome_wait_seconds
+            commands, wait_seconds=channels.page_outcome_wait_seconds, **AS_PAGES
         )
     except IntakeRefused as refused:
         log.warning("preferences_refused", reason=refused.error)

@@ -27,7 +27,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.application.intake import IntakeRefused
+from service.application.intake import SMS_ACTOR, IntakeRefused
 from service.domain.model import WILDCARD
 from service.domain.sms_keywords import classify
 from service.entrypoints.http.channels import Channels, ChannelsConfig
@@ -104,7 +104,7 @@ async def inbound_sms(request: Request, channels: Channels) -> Response:
         "reason": f"SMS reply ({intent})",
     }
     try:
-        await channels.intake.submit([command])
+        await channels.intake.submit([command], actor=SMS_ACTOR, service_channel=True)
     except IntakeRefused as refused:  # the catalog has no `sms` channel
         log.error("sms_command_refused", reason=refused.error)
         return _twiml(None)
