@@ -46,10 +46,10 @@ migrate: stack ## apply the PostgreSQL migrations
 
 run: migrate ## worker + HTTP API in the foreground (Ctrl-C stops it; the stack stays up)
 	@test -s .stack/api-token || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .stack/api-token)
-	@if [[ -z "$${OPTOUT_API_TOKENS:-}" ]]; then echo "optout: dev API token (read+write, from .stack/api-token): $$(cat .stack/api-token)"; fi
+	@if [[ -z "$${OPTOUT_API_TOKENS:-}" ]]; then echo "optout: dev API token (admin, every tenant, from .stack/api-token): $$(cat .stack/api-token)"; fi
 	@test -s .stack/link-key || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .stack/link-key)
 	@test -s .stack/identifier-key || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > .stack/identifier-key)
-	@OPTOUT_API_TOKENS="$${OPTOUT_API_TOKENS:-dev:$$(cat .stack/api-token):read+write}" OPTOUT_LINK_KEYS="$${OPTOUT_LINK_KEYS:-dev:$$(cat .stack/link-key)}" OPTOUT_IDENTIFIER_KEY="$${OPTOUT_IDENTIFIER_KEY:-$$(cat .stack/identifier-key)}" $(BIN)/optout run --pid-file .stack/service.pid
+	@OPTOUT_API_TOKENS="$${OPTOUT_API_TOKENS:-dev:$$(cat .stack/api-token):admin:*}" OPTOUT_LINK_KEYS="$${OPTOUT_LINK_KEYS:-dev:$$(cat .stack/link-key)}" OPTOUT_IDENTIFIER_KEY="$${OPTOUT_IDENTIFIER_KEY:-$$(cat .stack/identifier-key)}" $(BIN)/optout run --pid-file .stack/service.pid
 
 test: migrate ## the whole test suite against the real stack
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -33,7 +33,7 @@ KEY = "identifier-key-0123456789abcdef-0123456789"
 
 @pytest.fixture
 def history_settings(settings: Settings) -> Settings:
-    tokens = f"reader:{READ_TOKEN}:read,writer:{WRITE_TOKEN}:write"
+    tokens = f"reader:{READ_TOKEN}:check+history,writer:{WRITE_TOKEN}:write"
     return settings.model_copy(
         update={"api_tokens": SecretStr(tokens), "identifier_key": SecretStr(KEY)}
     )
@@ -316,7 +316,7 @@ async def test_pages_hold_every_row_once_while_rows_are_appended(
     assert seen == [r["id"] for r in stored]
 
 
-async def test_the_export_needs_the_read_scope_and_names_what_is_wrong(
+async def test_the_export_needs_the_history_scope_and_names_what_is_wrong(
     stack: ContractClient, history_settings: Settings
 ) -> None:
     await applied(stack, command("acct-s", [("opt_out", "marketing", "email")]))
@@ -326,7 +326,7 @@ async def test_the_export_needs_the_read_scope_and_names_what_is_wrong(
         assert (await anonymous.get(path)).status_code == 401
         writer = {"Authorization": f"Bearer {WRITE_TOKEN}"}
         forbidden = await anonymous.get(path, headers=writer)
-        assert (forbidden.status_code, forbidden.json()["error"]) == (403, "forbidden")
+        assert (forbidden.status_code, forbidden.json()["error"]) == (403, "scope_forbidden")
         reader = {"Authorization": f"Bearer {READ_TOKEN}"}
         assert (await anonymous.get(path, headers=reader)).status_code == 200
         unknown = await anonymous.get("/v1/subjects/acct-nobody/history", headers=reader)

@@ -51,7 +51,7 @@ CHANGE_TOPICS = [
 
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
-    tokens = f"reader:{READ_TOKEN}:read,writer:{WRITE_TOKEN}:write"
+    tokens = f"reader:{READ_TOKEN}:check+history,writer:{WRITE_TOKEN}:write"
     return settings.model_copy(update={"api_tokens": SecretStr(tokens)})
 
 
