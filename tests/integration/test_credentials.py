@@ -60,7 +60,7 @@ class Call:
 
 def calls(tenant: str | None) -> list[Call]:
     named = {} if tenant is None else {"tenant": tenant}
-    preferences = command(SUBJECT, [("opt_out", "marketing", "email")], **named)
+    preferences = command(SUBJECT, [("opt_out", "marketing", "email")], tenant=tenant)
     erase = {
         "command_id": f"erase-{tenant}",
         "kind": "erase",
