@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     client_local_cache_max_age_seconds: float = Field(default=30.0, gt=0)
     client_local_cache_bound_seconds: float = Field(default=0.5, ge=0.05)
     client_local_cache_stall_seconds: float = Field(default=2.0, gt=0)
+    # SDK: the decision API and a `check` token, asked for identifiers that may be erased
+    # (the SDK does not hold OPTOUT_IDENTIFIER_KEY); empty: such a check raises.
+    client_api_url: str = ""
+    client_api_token: SecretStr = SecretStr("")
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")

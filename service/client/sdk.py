@@ -9,6 +9,11 @@ cannot disagree with the worker. It loads neither the worker's wiring nor fastst
 Subject ids are normalised first (``identifiers.normalize``), as the worker does when it
 decodes a command: `email:Alice@Example.com` and `email:alice@example.com` are one subject.
 An identifier that cannot be normalised raises ``InvalidIdentifier``, a ``ValueError``.
+
+Least privilege: the SDK needs only read-only credentials (a PostgreSQL role with ``SELECT``
+on the schema, a Redis ACL user limited to reads; a refill Redis refuses is skipped) and never
+``OPTOUT_IDENTIFIER_KEY``. The one check it cannot answer alone, an identifier that may be
+erased, is asked of the decision API (``OPTOUT_CLIENT_API_URL``, a ``check`` token).
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ from service.adapters.catalog_file import configured_catalog
 from service.adapters.postgres.pool import create_pool
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import create_redis
-from service.application.decisions import DecisionService, SubjectPreferences
+from service.application.decisions import (
+    DecisionService,
+    IdentifierKeyMissing,
+    SubjectPreferences,
+)
+from service.client.decision_api import DecisionApi
 from service.client.follower import PreferencesFollower
 from service.client.local_cache import LocalCache
 from service.domain.catalog import Catalog, link_problem
@@ -63,8 +73,10 @@ class OptoutClient:
         follower: PreferencesFollower | None,
         stack: AsyncExitStack,
         settings: Settings | None = None,
+        api: DecisionApi | None = None,
     ) -> None:
         self._decisions = decisions
+        self._api = api
         self._local = local
         self.follower = follower
         self._stack = stack
@@ -113,13 +125,20 @@ class OptoutClient:
                 redis_prefix=settings.redis_prefix,
                 fill_ttl_seconds=settings.cache_fill_ttl_seconds,
                 unknown_ttl_seconds=settings.cache_unknown_ttl_seconds,
-                identifier_key=settings.identifier_key.get_secret_value().encode() or None,
+                # Never the identifier key: it stays with the service (see DecisionApi).
                 local=local,
+                read_only=True,
             )
+            api: DecisionApi | None = None
+            if settings.client_api_url:
+                api = DecisionApi(
+                    settings.client_api_url, settings.client_api_token.get_secret_value()
+                )
+                stack.push_async_callback(api.close)
         except BaseException:
             await stack.aclose()
             raise
-        return cls(decisions, local, follower, stack, settings)
+        return cls(decisions, local, follower, stack, settings, api)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -150,7 +169,13 @@ class OptoutClient:
         """
         if subject_id.startswith(PREFIXES):  # inline: the SDK's hottest call
             subject_id = _normalized_identifier(subject_id)
-        return await self._decisions.is_allowed(SubjectKey(tenant, subject_id), topic, channel)
+        key = SubjectKey(tenant, subject_id)
+        try:
+            return await self._decisions.is_allowed(key, topic, channel)
+        except IdentifierKeyMissing:
+            if self._api is None:
+                raise
+            return await self._api.is_allowed(key, topic, channel)
 
     async def preferences(self, subject_id: str, tenant: str = "default") -> SubjectPreferences:
         """The subject's rules and the decision for every catalog topic and channel; for an
@@ -164,7 +189,12 @@ class OptoutClient:
         calls in all."""
         asked = list(subject_ids)
         ids = [normalized(s) for s in asked]
-        allowed = await self._decisions.filter_allowed(tenant, ids, topic, channel)
+        try:
+            allowed = await self._decisions.filter_allowed(tenant, ids, topic, channel)
+        except IdentifierKeyMissing:
+            if self._api is None:
+                raise
+            allowed = await self._api.allowed_among(tenant, ids, topic, channel)
         if ids == asked:
             return allowed
         keep = set(allowed)
