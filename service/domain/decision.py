@@ -42,11 +42,15 @@ def is_allowed(catalog: Catalog, rules: Rules | SubjectState, topic: str, channe
             rule = table.get((covering_topic, covering_channel))
             if rule is None:
                 continue
-            if rule.action == "opt_out" and rule.source_channel == KEYWORD_CHANNEL:
-                if covering_topic == WILDCARD and covering_channel == KEYWORD_CHANNEL:
-                    rule = unless_restored(table, rule)  # a STOP by text, maybe undone
-                    if rule is None:
-                        continue
+            if (
+                rule.source_channel == KEYWORD_CHANNEL
+                and rule.action == "opt_out"
+                and covering_topic == WILDCARD
+                and covering_channel == KEYWORD_CHANNEL
+            ):
+                rule = unless_restored(table, rule)  # a STOP by text, maybe undone
+                if rule is None:
+                    continue
             if best is None or rule.precedence_key() > best.precedence_key():
                 best = rule
     if best is None:
