@@ -5,8 +5,8 @@ QUIT; START, UNSTOP; HELP; YES only where a sender's programme says so, hence an
 its own that the tenant's settings decide), and the FCC's 2025 revocation rule adds that
 any reply that reasonably expresses "stop" counts (REVOKE, OPTOUT, "opt out", "stop
 texting me"). Matching is on the whole message, ignoring case, surrounding spaces and
-punctuation: a reply that only mentions a keyword in a sentence ("I will stop by later") is not a revocation, while
-the common phrasings of one are listed explicitly.
+punctuation: a reply that only mentions a keyword in a sentence ("I will stop by later")
+is not a revocation, while the common phrasings of one are listed explicitly.
 """
 
 from __future__ import annotations

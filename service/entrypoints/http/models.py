@@ -196,4 +196,3 @@ class ErrorOut(_Body):
     error: str
     detail: str
     field: str | None = None
-
