@@ -127,7 +127,7 @@ async def test_yes_starts_only_in_the_tenants_that_configure_it() -> None:
 async def test_without_a_mapping_every_number_serves_the_default_tenant() -> None:
     sms, sink = replies(numbers="")
     for intent in ("stop", "start"):
-        await sms.handle(intent, sender=SENDER, to=None, message_id=f"SM-{intent}")
+        await sms.handle(intent, sender=SENDER, to=None, message_id=f"SM{intent}")
     assert [d["tenant"] for d in published(sink)] == ["default", "default"]
 
 
