@@ -10,11 +10,13 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from service.application.intake import IntakeRefused
 from service.application.sms_replies import (
     SmsNumbers,
     SmsReplies,
     parse_yes_tenants,
 )
+from tests.support.contract_client import command
 from tests.unit.test_intake_and_links import Sink, intake
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -147,3 +149,13 @@ def test_a_bad_number_mapping_is_one_clear_line(spec: str, message: str) -> None
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="OPTOUT_SMS_YES_TENANTS"):
         parse_yes_tenants("Acme")
+
+
+async def test_the_intake_refuses_a_restore_of_anything_but_all_sms_naming_the_field() -> None:
+    made, sink = intake()
+    with pytest.raises(IntakeRefused) as refused:
+        await made.submit([command("user-1", [("restore", "marketing", "sms")])])
+    assert (refused.value.error, refused.value.field) == ("invalid_payload", "changes[0].action")
+    assert sink.published == []
+    await made.submit([command("user-1", [("restore", "*", "sms")])])  # positive control
+    assert len(sink.published) == 1
