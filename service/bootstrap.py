@@ -36,6 +36,7 @@ from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, Po
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_receipts import RedisReceiptClock
 from service.adapters.redis_refill import RedisCacheRefill
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
@@ -47,6 +48,7 @@ from service.application.process_commands import ProcessCommands
 from service.application.rebuild import RebuildCache
 from service.application.republish import RepublishSnapshots
 from service.application.retention import RetentionJob, RetentionPolicy
+from service.application.sms_replies import SmsNumbers, SmsReplies, parse_yes_tenants
 from service.application.subject_pages import NO_PROGRESS, Progress
 from service.application.telemetry import NO_TELEMETRY, ReadTelemetry
 from service.domain.catalog import Catalog
@@ -92,6 +94,7 @@ class Channels:
     follower: OutcomeFollower
     output: KafkaOutput
     signer: LinkSigner | None
+    sms: SmsReplies
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -227,7 +230,25 @@ def _channels(settings: Settings, container: Container) -> Channels:
         max_record_bytes=settings.max_record_bytes,
         max_future=timedelta(seconds=settings.max_future_seconds),
     )
-    return Channels(intake, follower, output, link_signer(settings))
+    return Channels(
+        intake,
+        follower,
+        output,
+        link_signer(settings),
+        sms_replies(settings, container.redis, intake),
+    )
+
+
+def sms_replies(settings: Settings, redis: RedisClient, intake: CommandIntake) -> SmsReplies:
+    """The SMS webhook's use case; a receipt time lives at least as long as the processed
+    log keeps a command, so a replay within it is a `duplicate`."""
+    ttl = max(settings.sms_receipt_ttl_seconds, settings.retention_seconds)
+    return SmsReplies(
+        intake,
+        RedisReceiptClock(redis, settings.redis_prefix, ttl),
+        numbers=SmsNumbers.parse(settings.sms_numbers),
+        yes_tenants=parse_yes_tenants(settings.sms_yes_tenants),
+    )
 
 
 async def _start_channels_when_possible(

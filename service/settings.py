@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     identifier_key: SecretStr = SecretStr("")
     erasure_fence_seconds: int = Field(default=10, ge=1, le=3_600)
     sms_default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
+    # +E164:TENANT[+TENANT...][,...]: the tenants each inbound number serves (empty: every
+    # number serves `default`). A STOP to an unlisted number applies in every listed tenant.
+    sms_numbers: str = ""
+    # TENANT[,...]: where a reply of YES counts as START (empty: nowhere).
+    sms_yes_tenants: str = ""
+    # How long the first receipt time of an inbound SMS is kept (a replay within it is a
+    # `duplicate`); never less than retention_seconds.
+    sms_receipt_ttl_seconds: int = Field(default=30 * 86_400, ge=86_400)
     # How long the pages wait for the outcome before they say "received, taking effect".
     page_outcome_wait_seconds: float = Field(default=2.0, ge=0, le=10)
 

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 from service.domain.identifiers import is_erased, is_identifier, normalize, pseudonym
 
-HistoryAction = Literal["opt_out", "opt_in", "link", "unlink", "merge", "erase"]
+HistoryAction = Literal["opt_out", "opt_in", "restore", "link", "unlink", "merge", "erase"]
 
 MAX_HOPS = 8
 """Forwards are one hop deep in storage; a re-point racing a read may leave a second one."""

@@ -205,7 +205,8 @@ def _field_of(reason: str, detail: str) -> str | None:
         return "occurred_at"
     found = _CHANGE_INDEX.match(detail)
     if found is not None:
-        name = {"unknown_topic": "topic", "mandatory_topic": "topic"}.get(reason, "channel")
+        names = {"unknown_topic": "topic", "mandatory_topic": "topic", "invalid_payload": "action"}
+        name = names.get(reason, "channel")
         return f"changes[{found.group(1)}].{name}"
     if "source channel" in detail:
         return "source.channel"

@@ -53,7 +53,12 @@ class SourceV1(_Wire):
 
 
 class ChangeV1(_Wire):
-    """One statement about one (topic, channel) pair; `*` is the wildcard on either side."""
+    """One statement about one (topic, channel) pair; `*` is the wildcard on either side.
+
+    `restore` (topic `*`, channel `sms` only) undoes every SMS keyword stop (an `opt_out` of
+    `*` on `sms` with source channel `sms`) made before it: the subject's SMS rules are what
+    they were before those stops, and no other rule changes.
+    """
 
     action: Action
     topic: str = Field(min_length=1, max_length=128, pattern=STORABLE_TEXT)
@@ -149,7 +154,14 @@ class CommandV1(_Wire):
 
 
 class PreferenceV1(_Wire):
-    """One stored rule, with enough provenance to explain a decision made from it."""
+    """One stored rule, with enough provenance to explain a decision made from it.
+
+    Topics `#kept` and `#restore` (channel `sms`) are the SMS keyword registers: the latest
+    statement about all SMS other than a keyword stop, and the latest `restore`. The cell
+    (`*`, `sms`) is decided by its own rule, unless that rule is a keyword stop (`opt_out`,
+    source channel `sms`) older than the `#restore` rule: then the `#kept` rule decides it,
+    or nothing does. A reader that ignores both registers never allows more than this.
+    """
 
     topic: str
     channel: str

@@ -27,6 +27,7 @@ from service.domain.events import (
 )
 from service.domain.identifiers import is_erased, is_identifier
 from service.domain.model import WILDCARD, Rule, SubjectKey, SubjectState
+from service.domain.sms_restore import KEYWORD_CHANNEL, cells_of, statements_of
 from service.domain.validation import validate
 
 CommandKey = tuple[str, str]
@@ -383,7 +384,7 @@ class _Batch:
                     command.reason,
                     addressed_as,
                 )
-                for rule in applied
+                for rule in statements_of(applied)
             ]
         )
         self.store(ProcessedRecord(command_id, digest, delivery, outcome))
@@ -406,7 +407,7 @@ class _Batch:
                 tuple(
                     [
                         AppliedChange(rule.action, rule.topic, rule.channel, rule.occurred_at)
-                        for rule in applied
+                        for rule in statements_of(applied)
                     ]
                 ),
                 state.sorted_rules(),
@@ -835,7 +836,8 @@ def _precedes(delivery: Delivery, other: Delivery) -> bool:
 
 
 def _effective_rules(command: Command) -> list[Rule]:
-    """One rule per (topic, channel) the command names.
+    """One stored rule per (topic, channel) the command writes: a statement about all SMS
+    also writes an SMS register (``sms_restore.cells_of``).
 
     A command that names the same pair twice is resolved with the usual precedence (its
     entries share time and id, so the opt-out wins), keeping the result order-independent.
@@ -847,10 +849,11 @@ def _effective_rules(command: Command) -> list[Rule]:
         topic, channel = change.topic, change.channel
         # Positional, in field order: keyword matching is a measurable share of the cost.
         rule = Rule(topic, channel, change.action, occurred_at, source_channel, command_id)
-        pair = (topic, channel)
-        current = chosen.get(pair)
-        if current is None or rule.precedence_key() > current.precedence_key():
-            chosen[pair] = rule
+        for cell in cells_of(rule) if channel == KEYWORD_CHANNEL else (rule,):
+            pair = (cell.topic, cell.channel)
+            current = chosen.get(pair)
+            if current is None or cell.precedence_key() > current.precedence_key():
+                chosen[pair] = cell
     return list(chosen.values())
 
 

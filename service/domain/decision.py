@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from service.domain.catalog import Catalog, InvalidChannel, UnknownChannel
 from service.domain.model import WILDCARD, Decision, Rule, SubjectState
+from service.domain.sms_restore import KEYWORD_CHANNEL, unless_restored
 
 Rules = Mapping[tuple[str, str], Rule]
 
@@ -18,7 +19,8 @@ def is_allowed(catalog: Catalog, rules: Rules | SubjectState, topic: str, channe
     """May `topic` be sent on `channel` (or, for a data use, may the data be used)?
 
     Mandatory topics first, then the latest statement covering the question (topic or an
-    ancestor or `*`, on the channel or `*`), then the catalog default. Asking channel `*`
+    ancestor or `*`, on the channel or `*`; a STOP by text undone by a later START does not
+    count, ``sms_restore``), then the catalog default. Asking channel `*`
     means "the data use itself": only `*`-channel rules cover it. Channel `*` on a message
     topic, or a channel on a data use, raises ``InvalidChannel``.
     """
@@ -38,7 +40,18 @@ def is_allowed(catalog: Catalog, rules: Rules | SubjectState, topic: str, channe
     for covering_topic in (*catalog.lineage(topic), WILDCARD):
         for covering_channel in channels:
             rule = table.get((covering_topic, covering_channel))
-            if rule is not None and (best is None or rule.precedence_key() > best.precedence_key()):
+            if rule is None:
+                continue
+            if (
+                rule.source_channel == KEYWORD_CHANNEL
+                and rule.action == "opt_out"
+                and covering_topic == WILDCARD
+                and covering_channel == KEYWORD_CHANNEL
+            ):
+                rule = unless_restored(table, rule)  # a STOP by text, maybe undone
+                if rule is None:
+                    continue
+            if best is None or rule.precedence_key() > best.precedence_key():
                 best = rule
     if best is None:
         return Decision(spec.default_allowed, "default", None, topic, channel)

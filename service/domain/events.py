@@ -24,7 +24,7 @@ Reason = Literal[
     "identifier_linked_elsewhere",
     "not_linked",
 ]
-HistoryAction = Literal["opt_out", "opt_in", "link", "unlink", "merge", "erase"]
+HistoryAction = Literal["opt_out", "opt_in", "restore", "link", "unlink", "merge", "erase"]
 
 # Fixed forever: event ids derived from it must stay stable across releases and replays.
 EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
-Action = Literal["opt_out", "opt_in"]
+Action = Literal["opt_out", "opt_in", "restore"]
+"""`restore` undoes keyword stops on `sms` (``sms_restore``); it never allows by itself."""
 Basis = Literal["rule", "default", "mandatory"]
 
 WILDCARD = "*"

@@ -1,11 +1,12 @@
 """What an SMS reply asks for: stop, start again, help, or nothing we act on.
 
 Carriers and the CTIA handbook fix the keywords (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END,
-QUIT; START, UNSTOP, YES; HELP), and the FCC's 2025 revocation rule adds that any reply that
-reasonably expresses "stop" counts (REVOKE, OPTOUT, "opt out", "stop texting me"). Matching
-is on the whole message, ignoring case, surrounding spaces and punctuation: a reply that
-only mentions a keyword in a sentence ("I will stop by later") is not a revocation, while
-the common phrasings of one are listed explicitly.
+QUIT; START, UNSTOP; HELP; YES only where a sender's programme says so, hence an intent of
+its own that the tenant's settings decide), and the FCC's 2025 revocation rule adds that
+any reply that reasonably expresses "stop" counts (REVOKE, OPTOUT, "opt out", "stop
+texting me"). Matching is on the whole message, ignoring case, surrounding spaces and
+punctuation: a reply that only mentions a keyword in a sentence ("I will stop by later")
+is not a revocation, while the common phrasings of one are listed explicitly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-Intent = Literal["stop", "start", "help"]
+Intent = Literal["stop", "start", "yes", "help"]
 
 STOP_KEYWORDS = frozenset(
     {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout", "opt out"}
@@ -38,7 +39,8 @@ STOP_PHRASES = frozenset(
         "no more messages",
     }
 )
-START_KEYWORDS = frozenset({"start", "unstop", "yes"})
+START_KEYWORDS = frozenset({"start", "unstop"})
+YES_KEYWORDS = frozenset({"yes"})
 HELP_KEYWORDS = frozenset({"help", "info"})
 
 _NOT_WORD = re.compile(r"[^\w]+", re.UNICODE)
@@ -56,6 +58,8 @@ def classify(body: str) -> Intent | None:
         return "stop"
     if text in START_KEYWORDS:
         return "start"
+    if text in YES_KEYWORDS:
+        return "yes"
     if text in HELP_KEYWORDS:
         return "help"
     return None

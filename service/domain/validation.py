@@ -13,6 +13,7 @@ from service.domain.commands import SOURCE_CHANNELS, TARGET_FIELD, Command
 from service.domain.events import Reason
 from service.domain.identifiers import is_erased, is_identifier
 from service.domain.model import WILDCARD
+from service.domain.sms_restore import KEYWORD_CHANNEL
 
 
 def validate(
@@ -52,6 +53,11 @@ def validate(
             )
         if change.action == "opt_out" and topic != WILDCARD and topic in mandatory:
             return "mandatory_topic", f"changes[{index}]: {topic!r} is mandatory"
+        if change.action == "restore" and (topic, channel) != (WILDCARD, KEYWORD_CHANNEL):
+            return (
+                "invalid_payload",
+                f"changes[{index}]: restore takes topic '*' and channel {KEYWORD_CHANNEL!r} only",
+            )
     return None
 
 

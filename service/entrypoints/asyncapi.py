@@ -26,7 +26,8 @@ def asyncapi_document() -> str:
         settings.topic_commands,
         title="command",
         description=(
-            "Opt-out and opt-in commands from every channel, keyed by subject_id. "
+            "Opt-out, opt-in and restore commands from every channel, keyed by subject_id "
+            "(a restore undoes SMS keyword stops made before it, nothing more). "
             "Record headers are never interpreted."
         ),
     )

@@ -113,6 +113,7 @@ class Service:
             log.warning("links_no_keys", detail="OPTOUT_LINK_KEYS is empty: link pages answer 400")
         return ChannelsConfig(
             intake=container.channels.intake,
+            sms=container.channels.sms,
             decisions=container.decisions,
             signer=container.channels.signer,
             public_base_url=settings.public_base_url,

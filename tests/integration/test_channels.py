@@ -14,7 +14,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import asyncpg
 import pytest
 
 from service.client import OptoutClient
@@ -35,7 +37,7 @@ from tests.support.channels import (
     published,
     running,
 )
-from tests.support.contract_client import command
+from tests.support.contract_client import ContractClient, command
 
 pytestmark = pytest.mark.integration
 
@@ -259,6 +261,11 @@ async def test_preference_page_saves_locks_mandatory_topics_and_honours_gpc(
         assert forged.status_code == 400
 
 
+def sid() -> str:
+    """A Twilio message id (`SM` and 32 hex digits), new for each message."""
+    return "SM" + uuid.uuid4().hex
+
+
 def signed(service: Running, params: dict[str, str]) -> dict[str, str]:
     url = service.base_url + SMS_PATH
     return {"X-Twilio-Signature": twilio_signature(SMS_TOKEN.encode(), url, sorted(params.items()))}
@@ -277,7 +284,7 @@ async def test_sms_keywords_signatures_and_e164(service: Running) -> None:
     ):
 
         async def reply(body: str, sender: str = "+1 (415) 555-0100") -> str:
-            params = {"From": sender, "To": "+14155550199", "Body": body}
+            params = {"From": sender, "To": "+14155550199", "Body": body, "MessageSid": sid()}
             answer = await http.post(SMS_PATH, data=params, headers=signed(service, params))
             assert answer.status_code == 200, answer.text
             assert answer.headers["content-type"].startswith("application/xml")
@@ -300,9 +307,11 @@ async def test_sms_keywords_signatures_and_e164(service: Running) -> None:
         assert await published(service.settings) == before
         for n, body in enumerate(STOP_VARIANTS):
             assert "You are unsubscribed" in await reply(body, f"+1415555{n:04d}")
-        for body in ["START", "unstop", "Yes"]:
+        for body in ["START", "unstop"]:
             assert "subscribed to text messages again" in await reply(body, "+14155550000")
-        assert await published(service.settings) == before + len(STOP_VARIANTS) + 3
+        # YES is a START only where a tenant configures it (none here): not understood.
+        assert "<Response></Response>" in await reply("Yes", "+14155550000")
+        assert await published(service.settings) == before + len(STOP_VARIANTS) + 2
 
         subject = "phone:+14155550100"
         assert "You are unsubscribed" in await reply("STOP", "(415) 555-0100")
@@ -317,3 +326,99 @@ async def test_sms_keywords_signatures_and_e164(service: Running) -> None:
         while not (await sdk.is_allowed(subject, "marketing", "sms")).allowed:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
+
+
+def deny_tips_catalog(directory: Path) -> Path:
+    """The shipped catalog with `product.tips` needing an explicit opt-in (default deny)."""
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "catalog.example.toml").read_text()
+    head, tips, tail = text.partition('[topics."product.tips"]')
+    tail = tail.replace('default = "allow"', 'default = "deny"', 1)
+    path = directory / "catalog.toml"
+    path.write_text(head + tips + tail, encoding="utf-8")
+    return path
+
+
+async def test_sms_start_and_yes_undo_the_stop_and_nothing_more(
+    settings: Settings, tmp_path: Path
+) -> None:
+    own = channel_settings(settings).model_copy(
+        update={"catalog_file": deny_tips_catalog(tmp_path), "sms_yes_tenants": "default"}
+    )
+    async with (
+        running(own) as service,
+        http_client(service.base_url, WRITE_TOKEN) as api,
+        http_client(service.base_url) as http,
+        ContractClient(own) as out,
+        await OptoutClient.connect(own, local_cache=False) as sdk,
+    ):
+
+        async def reply(body: str, sender: str) -> None:
+            params = {"From": sender, "To": "+14155550199", "Body": body, "MessageSid": sid()}
+            answer = await http.post(SMS_PATH, data=params, headers=signed(service, params))
+            assert answer.status_code == 200, answer.text
+            outcome = await out.outcome(f"sms:{params['MessageSid']}")
+            assert outcome["status"] == "applied", outcome
+
+        earlier = datetime.now(UTC) - timedelta(minutes=1)
+        per_topic, web_all = "phone:+14155550111", "phone:+14155550112"
+        for subject, change, via in (
+            (per_topic, ("opt_out", "marketing.promotions", "sms"), "sms"),
+            (web_all, ("opt_out", "*", "sms"), "web"),
+        ):
+            doc = command(subject, [change], channel=via, occurred_at=earlier)
+            answer = await api.post("/v1/commands", params={"wait": 5}, json=doc)
+            assert answer.json()["outcome"]["status"] == "applied", answer.text
+        for subject in (per_topic, web_all):
+            for body in ("STOP", "START", "STOP", "YES"):
+                await reply(body, subject.removeprefix("phone:"))
+
+        async def allowed(subject: str, topic: str) -> bool:
+            return (await sdk.is_allowed(subject, topic, "sms")).allowed
+
+        assert not await allowed(per_topic, "marketing.promotions")  # the per-topic opt-out
+        assert not await allowed(per_topic, "product.tips")  # default deny
+        assert await allowed(per_topic, "product.updates")  # positive control: SMS is back
+        assert await allowed(per_topic, "marketing.newsletter")
+        # The all-SMS opt-out made on the web, which the STOP replaced in its cell, stands.
+        for topic in ("product.updates", "marketing.newsletter", "product.tips"):
+            assert not await allowed(web_all, topic)
+        decision = await sdk.is_allowed(web_all, "product.updates", "sms")
+        assert decision.rule is not None
+        assert (decision.rule.topic, decision.rule.source_channel) == ("*", "web")
+
+
+async def test_a_replayed_signed_webhook_is_a_duplicate_and_changes_nothing(
+    service: Running,
+) -> None:
+    async with http_client(service.base_url) as http, ContractClient(service.settings) as out:
+        sender = "+14155550123"
+        params = {"From": sender, "To": "+14155550199", "Body": "STOP", "MessageSid": sid()}
+        headers = signed(service, params)
+        for _ in range(2):  # the same signed request, byte for byte
+            answer = await http.post(SMS_PATH, data=params, headers=headers)
+            assert "You are unsubscribed" in answer.text
+        replayed = f"sms:{params['MessageSid']}"
+        await out.wait_for(lambda: len(out.outcomes.get(replayed, [])) >= 2)
+        assert [o["status"] for o in out.outcomes[replayed]] == ["applied", "duplicate"]
+        assert out.outcomes[replayed][1]["version"] == out.outcomes[replayed][0]["version"] == 1
+        # Positive control: another message from the same person is a change of its own.
+        again = {**params, "MessageSid": sid()}
+        await http.post(SMS_PATH, data=again, headers=signed(service, again))
+        assert (await out.outcome(f"sms:{again['MessageSid']}"))["status"] == "applied"
+
+        settings = service.settings
+        conn = await asyncpg.connect(
+            settings.database_dsn, server_settings={"search_path": settings.database_schema}
+        )
+        try:
+            for table in ("consent_history", "preference_events"):
+                counts = await conn.fetch(
+                    f"SELECT command_id, count(*) AS n FROM {table}"
+                    " WHERE subject_id = $1 GROUP BY command_id ORDER BY command_id",
+                    f"phone:{sender}",
+                )
+                found = {row["command_id"]: row["n"] for row in counts}
+                assert found == {replayed: 1, f"sms:{again['MessageSid']}": 1}, table
+        finally:
+            await conn.close()
+        assert [e["version"] for e in out.events[f"phone:{sender}"]] == [1, 2]

@@ -88,7 +88,8 @@ def test_first_command_applies_at_version_one() -> None:
     state = result.states[KEY]
     assert result.changed == {KEY: state}
     assert state.version == 1
-    assert set(state.rules) == {("marketing", "email"), ("*", "sms")}
+    # An all-SMS statement made elsewhere than by text is also kept aside, for a restore.
+    assert set(state.rules) == {("marketing", "email"), ("*", "sms"), ("#kept", "sms")}
     (event,) = result.events
     assert event.event_id == event_id_for("default", "u1", 1)
     assert event.version == 1
@@ -100,7 +101,11 @@ def test_first_command_applies_at_version_one() -> None:
         AppliedChange("opt_out", "*", "sms", command.occurred_at),
     )
     assert event.preferences == state.sorted_rules()
-    assert [(k, r.topic) for k, r in result.upserted_rules] == [(KEY, "marketing"), (KEY, "*")]
+    assert [(k, r.topic) for k, r in result.upserted_rules] == [
+        (KEY, "marketing"),
+        (KEY, "*"),
+        (KEY, "#kept"),
+    ]
     assert len(result.history) == 2
     assert result.history[0].source.ip == "203.0.113.7"
     assert result.history[0].effective_at == COMMIT

@@ -46,7 +46,9 @@ def _mandatory(topic: str) -> bool:
 @st.composite
 def changes(draw: st.DrawFn) -> Change:
     action: Action = draw(st.sampled_from(["opt_out", "opt_in"]))
-    kind = draw(st.sampled_from(["message", "data", "wildcard"]))
+    kind = draw(st.sampled_from(["message", "data", "wildcard", "sms"]))
+    if kind == "sms":  # all SMS: a STOP when made by text, or a START's restore
+        return Change(draw(st.sampled_from(["opt_out", "opt_in", "restore"])), "*", "sms")
     if kind == "data":
         return Change(action, draw(st.sampled_from(DATA_TOPICS)), "*")
     if kind == "wildcard":
@@ -168,15 +170,29 @@ def test_order_duplication_and_batching_do_not_matter(
 def oracle(
     catalog: Catalog, commands: Sequence[Command], subject: str, topic: str, channel: str
 ) -> tuple[bool, str, tuple[datetime, bool, str] | None]:
-    """The brief's rule read literally, over every change ever made, with no stored state."""
+    """The brief's rule read literally, over every change ever made, with no stored state.
+
+    A restore is no candidate; it voids every SMS keyword stop (an opt-out of `*` on `sms`
+    made through `sms`) older than it.
+    """
     if _mandatory(topic):
         return True, "mandatory", None
     best: tuple[datetime, bool, str] | None = None
     best_action = ""
-    for command in commands:
-        if command.subject_id != subject:
-            continue
+    mine = [command for command in commands if command.subject_id == subject]
+    restores = [c.occurred_at for c in mine for change in c.changes if change.action == "restore"]
+    latest_restore = max(restores, default=None)
+    for command in mine:
         for change in command.changes:
+            if change.action == "restore":
+                continue
+            keyword_stop = (change.action, change.topic, change.channel) == (
+                "opt_out",
+                "*",
+                "sms",
+            ) and command.source.channel == "sms"
+            if keyword_stop and latest_restore is not None and latest_restore > command.occurred_at:
+                continue
             topic_covers = (
                 change.topic == "*" or change.topic == topic or topic.startswith(change.topic + ".")
             )

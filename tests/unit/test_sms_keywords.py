@@ -11,6 +11,7 @@ from service.domain.sms_keywords import (
     START_KEYWORDS,
     STOP_KEYWORDS,
     STOP_PHRASES,
+    YES_KEYWORDS,
     classify,
 )
 
@@ -27,9 +28,14 @@ def test_stop_words_in_any_dress(word: str, dress: str) -> None:
         assert classify(dress.format(variant)) == "stop"
 
 
-@pytest.mark.parametrize("word", ["START", "UNSTOP", "YES"])
+@pytest.mark.parametrize("word", ["START", "UNSTOP"])
 def test_start_words(word: str) -> None:
     assert classify(f" {word.lower()}! ") == "start"
+
+
+def test_yes_is_its_own_intent_never_a_start_by_itself() -> None:
+    # Only a tenant that configures it takes YES for START (application/sms_replies.py).
+    assert classify(" Yes! ") == "yes"
 
 
 def test_help() -> None:
@@ -43,7 +49,9 @@ def test_sentences_that_only_mention_a_keyword_are_not_acted_on(body: str) -> No
     assert classify(body) is None
 
 
-keywords = st.sampled_from(sorted(STOP_KEYWORDS | STOP_PHRASES | START_KEYWORDS | HELP_KEYWORDS))
+keywords = st.sampled_from(
+    sorted(STOP_KEYWORDS | STOP_PHRASES | START_KEYWORDS | YES_KEYWORDS | HELP_KEYWORDS)
+)
 dressing = st.text(alphabet=" \t\n.!?,;:-'\"()", max_size=4)
 
 

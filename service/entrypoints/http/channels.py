@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 
 from service.application.decisions import DecisionService
 from service.application.intake import CommandIntake
+from service.application.sms_replies import SmsReplies
 from service.domain.link_tokens import LinkClaim, LinkSigner, UnsubscribeLink, unsubscribe_link
 from service.entrypoints.http.errors import ApiError
 
@@ -33,6 +34,7 @@ def load_texts(lang: str = "en") -> Mapping[str, str]:
 @dataclass
 class ChannelsConfig:
     intake: CommandIntake
+    sms: SmsReplies
     decisions: DecisionService
     signer: LinkSigner | None
     public_base_url: str

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.application.decisions import SubjectPreferences
-from service.domain.model import Decision, Rule
+from service.domain.model import Action, Decision, Rule
+from service.domain.sms_restore import statements_of
 
 MAX_BATCH = 1_000
 
@@ -63,7 +64,7 @@ class RuleOut(_Body):
 
     topic: str
     channel: str
-    action: Literal["opt_out", "opt_in"]
+    action: Action
     occurred_at: datetime
     source_channel: str
     command_id: str
@@ -150,7 +151,9 @@ class PreferencesOut(_Body):
             applied_to=None if asked is None else state.key.subject_id,
             tenant=state.key.tenant,
             version=state.version,
-            rules=[RuleOut.of(rule) for rule in state.sorted_rules()],
+            # The SMS registers show as the statements they keep (a restore; an all-SMS
+            # rule a STOP replaced), each statement once.
+            rules=[RuleOut.of(rule) for rule in statements_of(state.sorted_rules())],
             decisions=[
                 EffectiveOut(
                     topic=topic, channel=channel, allowed=d.allowed, reason=ReasonOut.of(d)

@@ -1,5 +1,7 @@
 """The SMS inbound webhook: a reply of STOP (or any of its variants) opts the number out of
-every topic on `sms`; START opts it back in; HELP answers with help. Twilio's request format.
+every topic on `sms`; START undoes that STOP (a `restore`); YES does too where a tenant
+configures it; HELP answers with help. Twilio's request format. What each reply writes, in
+which tenants (by the `To` number), lives in ``application/sms_replies``.
 
 The request is authenticated by Twilio's ``X-Twilio-Signature``: base64 of HMAC-SHA1, keyed
 with the account's auth token, over the full URL Twilio requested followed by every POST
@@ -7,9 +9,10 @@ parameter's name and value, sorted by name. The URL is ``OPTOUT_PUBLIC_BASE_URL`
 path (behind a proxy, the address the service sees is not the one Twilio signed). Any other
 signature, or none, is 403 and nothing is published.
 
-Until identity linking exists the subject is ``phone:+E164`` (the sender's number normalised
-by ``phonenumbers``). The answer is TwiML with one confirmation message, sent back to the
-person by Twilio; an unrecognised reply gets an empty answer (no message).
+The subject is ``phone:+E164`` (the sender's number normalised by ``phonenumbers``). The
+command id and ``occurred_at`` derive from Twilio's ``MessageSid``, so a replayed request is
+a `duplicate`. The answer is TwiML with one confirmation message, sent back to the person
+by Twilio; an unrecognised reply gets an empty answer (no message).
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import uuid
-from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -27,8 +28,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.application.intake import SMS_ACTOR, IntakeRefused
-from service.domain.model import WILDCARD
+from service.application.sms_replies import MESSAGE_ID
 from service.domain.sms_keywords import classify
 from service.entrypoints.http.channels import Channels, ChannelsConfig
 from service.entrypoints.http.errors import ApiError
@@ -89,23 +89,17 @@ async def inbound_sms(request: Request, channels: Channels) -> Response:
     if number is None:
         log.info("sms_number_unusable")
         return _twiml(None)
-    command = {
-        "command_id": str(uuid.uuid4()),
-        "subject_id": f"phone:{number}",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": {"channel": "sms", "app": "sms-inbound"},
-        "changes": [
-            {
-                "action": "opt_out" if intent == "stop" else "opt_in",
-                "topic": WILDCARD,
-                "channel": "sms",
-            }
-        ],
-        "reason": f"SMS reply ({intent})",
-    }
-    try:
-        await channels.intake.submit([command], actor=SMS_ACTOR, service_channel=True)
-    except IntakeRefused as refused:  # the catalog has no `sms` channel
-        log.error("sms_command_refused", reason=refused.error)
-        return _twiml(None)
-    return _twiml(texts["sms_stopped"] if intent == "stop" else texts["sms_started"])
+    message_id = params.get("MessageSid", "")
+    if not MESSAGE_ID.match(message_id):
+        raise ApiError(400, "invalid_request", "MessageSid is missing or malformed", "MessageSid")
+    answer = await channels.sms.handle(
+        intent,
+        sender=number,
+        to=e164(params.get("To", ""), channels.sms_default_region),
+        message_id=message_id,
+    )
+    if answer == "start_refused":
+        return _twiml(texts["sms_start_refused"].format(support=channels.support_contact))
+    if answer in ("stopped", "started"):
+        return _twiml(texts["sms_stopped"] if answer == "stopped" else texts["sms_started"])
+    return _twiml(None)
