@@ -144,6 +144,10 @@ class LinkSigner:
             return self.preferences_validity_seconds
         return self.validity_seconds
 
+    def signing_secret(self) -> bytes:
+        """The signing key's secret, for deriving a key of another purpose (never logged)."""
+        return self._keys[self.signing_key_id]
+
     def signing_key_retired(self, now: int) -> bool:
         """Whether the signing key's not-after date has passed (it must not sign then)."""
         limit = self._not_after.get(self.signing_key_id)
