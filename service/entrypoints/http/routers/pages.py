@@ -485,8 +485,11 @@ async def _admitted_opt_ins(
         return None, 0
     verdict = await throttle.check(_view_limits(request, claim))
     if verdict.allowed:
+        # Each opt-in books its own row and that of the opt-out that may withdraw it (which
+        # is never refused): however opt-ins and opt-outs alternate, the subject's history
+        # grows by at most the limit.
         subject = throttle.subject(claim.tenant, claim.subject_id)
-        verdict = await throttle.check([("subject_changes", subject)], cost=opt_ins)
+        verdict = await throttle.check([("subject_changes", subject)], cost=2 * opt_ins)
     if verdict.allowed:
         return None, 0
     seconds = verdict.retry_after_seconds
