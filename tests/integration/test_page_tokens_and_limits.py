@@ -45,10 +45,8 @@ from tests.support.contract_client import command
 
 pytestmark = pytest.mark.integration
 
-ONE_CLICK = {
-    "content": b"List-Unsubscribe=One-Click",
-    "headers": {"Content-Type": "application/x-www-form-urlencoded"},
-}
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SUBJECT_LIMIT = 20
 
 
@@ -140,7 +138,7 @@ async def test_a_flood_of_page_posts_stops_at_the_limit_and_an_opt_out_still_tak
                 assert "were not saved" in answer.text
             if n == flood // 2:
                 # Far past the limit: a one-click opt-out of another topic is taken ...
-                done = await http.post(control, **ONE_CLICK)
+                done = await http.post(control, content=ONE_CLICK, headers=FORM)
                 assert done.status_code == 200
                 assert "You are unsubscribed" in done.text
                 # ... and the forms from then on show that box as the page now does.
@@ -174,7 +172,7 @@ async def test_an_unsubscribe_link_opens_the_preference_page_for_opt_outs_only(
         http_client(service.base_url) as http,
         await OptoutClient.connect(service.settings, local_cache=False) as sdk,
     ):
-        stop = await http.post(unsubscribe, **ONE_CLICK)
+        stop = await http.post(unsubscribe, content=ONE_CLICK, headers=FORM)
         assert "You are unsubscribed" in stop.text
         page = await http.get(as_preferences)
         assert "ask the sender for a link to your preference page" in page.text
@@ -248,13 +246,13 @@ async def test_revoked_future_and_old_links(service: Running) -> None:
     async with http_client(service.base_url) as http:
         for refused, says in [(path, "withdrawn"), (ahead, "damaged")]:
             for method in ("GET", "POST"):
-                answer = await http.request(method, refused, **ONE_CLICK)
+                answer = await http.request(method, refused, content=ONE_CLICK, headers=FORM)
                 assert answer.status_code == 400, (refused, method)
                 assert says in answer.text
         assert await published(service.settings) == before
         assert (await http.get(soon)).status_code == 200
         # A link mailed before purposes existed still unsubscribes (CAN-SPAM: 30 days).
-        done = await http.post(old, **ONE_CLICK)
+        done = await http.post(old, content=ONE_CLICK, headers=FORM)
         assert "You are unsubscribed" in done.text
         assert await published(service.settings) == before + 1
 
@@ -301,7 +299,7 @@ async def test_views_api_calls_and_sms_replies_get_429_but_opt_outs_never(
         # repeats are answered without being published again.
         before = await published(service.settings)
         for _ in range(5):
-            done = await http.post(path, **ONE_CLICK)
+            done = await http.post(path, content=ONE_CLICK, headers=FORM)
             assert done.status_code == 200
         assert await published(service.settings) == before + 1
 
