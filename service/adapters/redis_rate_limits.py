@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 
@@ -40,10 +40,9 @@ def parse_limits(configured: Mapping[Rule, str]) -> dict[Rule, RateLimitItem]:
 def storage_uri(redis_url: str, *, cluster: bool) -> str:
     """The service's Redis URL as ``limits`` names it (``async+redis://``, ``+cluster``)."""
     parts = urlsplit(redis_url)
-    scheme = f"async+{parts.scheme}"
     if cluster:
-        scheme = "async+redis+cluster" if parts.scheme == "redis" else "async+rediss+cluster"
-    return urlunsplit((scheme, *parts[1:]))
+        return urlunsplit(("async+redis+cluster", *parts[1:]))
+    return urlunsplit((f"async+{parts.scheme}", *parts[1:]))
 
 
 class RedisLimitStore:
@@ -59,13 +58,26 @@ class RedisLimitStore:
         self._redis = redis
         self._prefix = f"{prefix}:limits"
         self._limits = dict(limits)
-        self._storage = RedisStorage(
-            storage_uri(redis_url, cluster=cluster),
-            implementation="redispy",
-            key_prefix=self._prefix,
-            socket_connect_timeout=2,
-            socket_timeout=2,
-        )
+        uri = storage_uri(redis_url, cluster=cluster)
+        self._storage: RedisStorage
+        if cluster:
+            # TLS for a cluster goes in the options: `limits` names one cluster scheme.
+            self._storage = RedisClusterStorage(
+                uri,
+                implementation="redispy",
+                key_prefix=self._prefix,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+                ssl=urlsplit(redis_url).scheme == "rediss",
+            )
+        else:
+            self._storage = RedisStorage(
+                uri,
+                implementation="redispy",
+                key_prefix=self._prefix,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+            )
         self._limiter = SlidingWindowCounterRateLimiter(self._storage)
 
     def __repr__(self) -> str:
