@@ -509,6 +509,8 @@ async def save_preferences(token: str, request: Request, channels: Channels) -> 
     notices = await _honour_gpc(request, channels, claim)
     prefs = await channels.decisions.preferences(SubjectKey(claim.tenant, claim.subject_id))
     changes = _wanted_changes(channels, prefs.decisions, form)
+    if not changes and (refused := await _view_allowed(channels, request, claim)) is not None:
+        return refused  # a form that changes nothing is a page view
     opt_outs = [c for c in changes if c["action"] == "opt_out"]
     opt_ins = [c for c in changes if c["action"] == "opt_in"]
     status, retry_after = 200, 0
