@@ -212,9 +212,9 @@ async def test_preference_page_saves_locks_mandatory_topics_and_honours_gpc(
     service: Running,
 ) -> None:
     subject = "prefs-person"
-    path = link_path(
-        LinkClaim("default", subject, "*", "*", now(), purpose="preferences")
-    ).replace("/u/", "/p/")
+    path = link_path(LinkClaim("default", subject, "*", "*", now(), purpose="preferences")).replace(
+        "/u/", "/p/"
+    )
     async with (
         http_client(service.base_url) as http,
         await OptoutClient.connect(service.settings, local_cache=False) as sdk,
