@@ -7,6 +7,7 @@ own read-path connections (``service.client``) so that a sender never loads the 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.retention import PostgresPrunableLogs
+from service.adapters.postgres.revoked_links import PostgresRevokedLinks
 from service.adapters.postgres.subject_pages import PostgresSubjectPages
 from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, PostgresTombstoneLog
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_rate_limits import FAILURES, RedisLimitStore, parse_limits
 from service.adapters.redis_receipts import RedisReceiptClock
 from service.adapters.redis_refill import RedisCacheRefill
 from service.adapters.redis_states import state_cache
@@ -44,7 +47,9 @@ from service.application.health import Liveness, Readiness
 from service.application.history import ConsentHistory
 from service.application.intake import CommandIntake
 from service.application.isolation import IsolatingProcessor
+from service.application.page_links import PageLinks
 from service.application.process_commands import ProcessCommands
+from service.application.rate_limits import Rule, Throttle, limits_of
 from service.application.rebuild import RebuildCache
 from service.application.republish import RepublishSnapshots
 from service.application.retention import RetentionJob, RetentionPolicy
@@ -84,6 +89,7 @@ class Container:
     worker_first_try: asyncio.Event = field(default_factory=asyncio.Event)
     channels: Channels | None = None
     history: ConsentHistory | None = None
+    throttle: Throttle | None = None
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Channels:
     output: KafkaOutput
     signer: LinkSigner | None
     sms: SmsReplies
+    links: PageLinks
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -104,6 +111,64 @@ def link_signer(settings: Settings) -> LinkSigner | None:
         settings.link_keys.get_secret_value(),
         settings.link_signing_key_id,
         settings.link_validity_seconds,
+        settings.preferences_link_validity_seconds,
+    )
+
+
+def page_links(settings: Settings, pool: asyncpg.Pool) -> PageLinks:
+    """Links checked against their signature and the deny list (`optout links revoke`)."""
+    return PageLinks(link_signer(settings), PostgresRevokedLinks(pool))
+
+
+async def open_page_links(settings: Settings, stack: AsyncExitStack) -> PageLinks:
+    """The links and their deny list on a pool of its own, closed with `stack` (the CLI)."""
+    pool = await create_pool(settings.database_dsn, settings.database_schema, 1)
+    stack.push_async_callback(pool.close)
+    return page_links(settings, pool)
+
+
+def configured_limits(settings: Settings) -> dict[Rule, str]:
+    return limits_of(
+        {
+            "page_ip": settings.rate_limit_page_ip,
+            "page_token": settings.rate_limit_page_token,
+            "subject_changes": settings.rate_limit_subject_changes,
+            "sms_ip": settings.rate_limit_sms_ip,
+            "sms_number": settings.rate_limit_sms_number,
+            "api_token": settings.rate_limit_api_token,
+            "api_ip": settings.rate_limit_api_ip,
+        }
+    )
+
+
+def throttle_for(
+    settings: Settings, redis: RedisClient, metrics: PrometheusMetrics
+) -> Throttle | None:
+    """The rate limits, or None when switched off. Subjects are named in Redis under a key
+    of the service's own: the identifier key, else the signing link key; without either,
+    a key of this process (per-subject counts are then per process, and say so)."""
+    if not settings.rate_limits:
+        return None
+    key = settings.identifier_key.get_secret_value().encode()
+    if not key:
+        signer = link_signer(settings)
+        key = signer.signing_secret() if signer is not None else b""
+    if not key:
+        log.warning("rate_limit_key_per_process", detail="set OPTOUT_IDENTIFIER_KEY")
+        key = secrets.token_bytes(32)
+    store = RedisLimitStore(
+        redis,
+        settings.redis_dsn,
+        prefix=settings.redis_prefix,
+        limits=parse_limits(configured_limits(settings)),
+        cluster=settings.redis_cluster,
+    )
+    return Throttle(
+        store,
+        key=key,
+        repeat_window_seconds=settings.opt_out_repeat_window_seconds,
+        telemetry=metrics,
+        failures=FAILURES,
     )
 
 
@@ -190,6 +255,7 @@ async def build_container(
         decisions_for(settings, catalog, pool, redis, metrics),
         metrics,
         history=consent_history_for(settings, pool),
+        throttle=throttle_for(settings, redis, metrics),
     )
 
     async def postgres_probe() -> str | None:
@@ -230,12 +296,14 @@ def _channels(settings: Settings, container: Container) -> Channels:
         max_record_bytes=settings.max_record_bytes,
         max_future=timedelta(seconds=settings.max_future_seconds),
     )
+    links = page_links(settings, container.pool)
     return Channels(
         intake,
         follower,
         output,
-        link_signer(settings),
+        links.signer,
         sms_replies(settings, container.redis, intake),
+        links,
     )
 
 

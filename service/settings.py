@@ -64,10 +64,13 @@ class Settings(BaseSettings):
     # need a Kafka producer and an outcome follower. `auto`: on in `optout run` (all in one
     # process), off in `optout worker` and `optout api`, which scale apart.
     channels: Literal["auto", "on", "off"] = "auto"
-    # KEY_ID:SECRET[,...]: keys that verify signed links (secret); the signing one below.
+    # KEY_ID:SECRET[:NOT_AFTER_DATE][,...]: keys that verify signed links (secret, each at
+    # least 32 bytes); the signing one below. Parsed by domain/link_tokens.parse_link_keys.
     link_keys: SecretStr = SecretStr("")
     link_signing_key_id: str = ""  # empty: the first key of link_keys
     link_validity_seconds: int = Field(default=90 * 86_400, ge=60)
+    # Preference-page links (they may opt in) expire sooner than unsubscribe links.
+    preferences_link_validity_seconds: int = Field(default=7 * 86_400, ge=60)
     # Where people reach the pages: the base of every link and of the SMS signature URL.
     public_base_url: str = "http://127.0.0.1:8080"
     support_contact: str = "the support team of the sender of the message"
@@ -87,6 +90,19 @@ class Settings(BaseSettings):
     sms_receipt_ttl_seconds: int = Field(default=30 * 86_400, ge=86_400)
     # How long the pages wait for the outcome before they say "received, taking effect".
     page_outcome_wait_seconds: float = Field(default=2.0, ge=0, le=10)
+
+    # Rate limits (application/rate_limits.py), kept in Redis; each is a `limits` string
+    # ("20/hour", "5 per minute"), empty to switch that rule off. Opt-outs are never refused.
+    rate_limits: bool = True
+    rate_limit_page_ip: str = "120/minute"  # page views and page opt-ins, per client address
+    rate_limit_page_token: str = "60/minute"  # noqa: S105 (a limit) the same, per link
+    rate_limit_subject_changes: str = "30/hour"  # page and SMS changes per subject
+    rate_limit_sms_ip: str = "600/minute"  # SMS webhook calls other than STOP, per address
+    rate_limit_sms_number: str = "10/hour"  # SMS replies other than STOP, per sender number
+    rate_limit_api_token: str = "60000/minute"  # noqa: S105 (a limit) /v1 calls per token
+    rate_limit_api_ip: str = "120/minute"  # /v1 calls without a valid token, per address
+    # The same opt-out repeated within this window is answered, not published again.
+    opt_out_repeat_window_seconds: int = Field(default=60, ge=1, le=86_400)
 
     # Read path: states copied from PostgreSQL into Redis on a miss expire, so ids that
     # were only ever asked about do not stay in Redis for good.

@@ -11,6 +11,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.application.rate_limits import RULES
 from service.application.telemetry import LaneFigures
 
 # Seconds, from a local round trip to a long outage: one ladder for every latency here.
@@ -118,7 +119,26 @@ class PrometheusMetrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.rate_limited = Counter(
+            "optout_rate_limited",
+            "Requests refused with 429, by rate-limit rule (opt-outs are never refused).",
+            ["rule"],
+            registry=r,
+        )
+        self.repeats_absorbed = Counter(
+            "optout_opt_out_repeats_absorbed",
+            "Repeated opt-outs answered without publishing again, by channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.rate_limit_errors = Counter(
+            "optout_rate_limit_errors",
+            "Rate-limit checks that Redis did not answer (the request was let through).",
+            registry=r,
+        )
         # Series that exist from the start, so rates and alerts have a zero to compare with.
+        for rule in RULES:
+            self.rate_limited.labels(rule)
         for stage in STAGES:
             self.stage.labels(stage)
         for error in DEAD_LETTER_CLASSES:
@@ -153,6 +173,16 @@ class PrometheusMetrics:
 
     def local_hit(self, allowed: bool) -> None:
         self.checks.labels("allowed" if allowed else "denied", "local").inc()
+
+    # ThrottleTelemetry
+    def limited(self, rule: str) -> None:
+        self.rate_limited.labels(rule).inc()
+
+    def absorbed(self, channel: str) -> None:
+        self.repeats_absorbed.labels(channel).inc()
+
+    def limit_error(self) -> None:
+        self.rate_limit_errors.inc()
 
     # The consumer's
     def batch(self, records: int) -> None:

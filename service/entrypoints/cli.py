@@ -9,6 +9,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from service.bootstrap import host_port, run_migrations
 from service.entrypoints.history_cli import history
 from service.entrypoints.import_cli import import_file
+from service.entrypoints.links_cli import links_app
 from service.entrypoints.rebuild_commands import cache_app, events_app
 from service.entrypoints.runtime import run_forever
 from service.logging import configure_logging
@@ -33,12 +35,33 @@ app = typer.Typer(
 app.command("import")(import_file)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
+app.add_typer(links_app, name="links")
 
 
 def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    _check_link_keys(settings)
     return settings
+
+
+def _check_link_keys(settings: Settings) -> None:
+    """Unusable link keys stop any command at its start, with one line naming the entry
+    (never the secret), exit 2."""
+    from service.bootstrap import link_signer
+
+    try:
+        signer = link_signer(settings)
+    except ValueError as exc:
+        typer.echo(f"optout: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if signer is not None and signer.signing_key_retired(int(time.time())):
+        typer.echo(
+            f"optout: OPTOUT_LINK_SIGNING_KEY_ID {signer.signing_key_id!r} is past its"
+            " not-after date: name a current key to sign with",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 _UNREACHABLE = (OSError, TimeoutError, ConnectionError)

@@ -79,6 +79,7 @@ class Service:
                 metrics_registry=self.container.metrics.registry,
                 channels=self._channels(self.container),
                 history=self.container.history,
+                throttle=self.container.throttle,
             )
             config = uvicorn.Config(
                 app,
@@ -122,6 +123,8 @@ class Service:
             sms_default_region=settings.sms_default_region,
             page_outcome_wait_seconds=settings.page_outcome_wait_seconds,
             texts=load_texts(),
+            links=container.channels.links,
+            throttle=container.throttle,
         )
 
     async def _until_serving(self) -> None:

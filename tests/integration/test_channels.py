@@ -214,7 +214,7 @@ async def test_preference_page_saves_locks_mandatory_topics_and_honours_gpc(
     service: Running,
 ) -> None:
     subject = "prefs-person"
-    path = link_path(LinkClaim("default", subject, "marketing", "email", now())).replace(
+    path = link_path(LinkClaim("default", subject, "*", "*", now(), purpose="preferences")).replace(
         "/u/", "/p/"
     )
     async with (

@@ -40,6 +40,9 @@ METRICS: dict[str, Metric] = {
         _m("optout_dependency_up", "gauge", "dependency"),
         _m("optout_checks_total", "counter", "answer", "source"),
         _m("optout_check_duration_seconds", "histogram", "source"),
+        _m("optout_rate_limited_total", "counter", "rule"),
+        _m("optout_opt_out_repeats_absorbed_total", "counter", "channel"),
+        _m("optout_rate_limit_errors_total", "counter"),
     )
 }
 

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 
 from service.application.decisions import DecisionService
 from service.application.health import Liveness, Readiness
 from service.application.history import ConsentHistory
+from service.application.rate_limits import Throttle
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD
 from service.entrypoints.http.channels import ChannelsConfig
 from service.entrypoints.http.errors import install_error_handlers
 from service.entrypoints.http.limits import BodyLimit
 from service.entrypoints.http.models import CATALOG_ENUM
+from service.entrypoints.http.rate_limit import rate_limited
 from service.entrypoints.http.routers import decisions as decisions_router
 from service.entrypoints.http.routers import health, intake, pages, sms
 from service.entrypoints.http.routers import history as history_router
@@ -39,11 +41,14 @@ def build_http_app(
     metrics_registry: CollectorRegistry | None = None,
     channels: ChannelsConfig | None = None,
     history: ConsentHistory | None = None,
+    throttle: Throttle | None = None,
 ) -> FastAPI:
     """Health endpoints always; the decision API and its document when ``decisions`` is given,
     with the proof-of-consent export when ``history`` is given too.
 
     Without tokens every ``/v1`` call answers 401: an API left unconfigured stays closed.
+    With ``throttle``, ``/v1`` and the SMS webhook are rate-limited by one dependency that
+    runs before every route's own (``rate_limit.py``); the pages limit themselves.
     """
     app = FastAPI(
         title="optout decision API",
@@ -53,8 +58,10 @@ def build_http_app(
         docs_url=None,
         redoc_url=None,
         middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
+        dependencies=[Depends(rate_limited)],
     )
     app.state.readiness = readiness
+    app.state.throttle = throttle
     app.state.liveness = liveness or Liveness()
     app.state.metrics_registry = metrics_registry
     app.state.max_body_bytes = max_body_bytes

@@ -17,8 +17,16 @@ from fastapi import Depends, Request
 
 from service.application.decisions import DecisionService
 from service.application.intake import CommandIntake
+from service.application.page_links import PageLinks
+from service.application.rate_limits import Throttle
 from service.application.sms_replies import SmsReplies
-from service.domain.link_tokens import LinkClaim, LinkSigner, UnsubscribeLink, unsubscribe_link
+from service.domain.link_tokens import (
+    LinkClaim,
+    LinkSigner,
+    UnsubscribeLink,
+    preferences_link,
+    unsubscribe_link,
+)
 from service.entrypoints.http.errors import ApiError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -43,6 +51,8 @@ class ChannelsConfig:
     sms_default_region: str
     page_outcome_wait_seconds: float
     texts: Mapping[str, str]
+    links: PageLinks | None = None  # None: the signer alone, no deny list (tests)
+    throttle: Throttle | None = None  # None: no rate limits on the pages
 
     def __repr__(self) -> str:
         # The SMS token and the link keys are secrets: never in a log line or traceback.
@@ -53,6 +63,23 @@ class ChannelsConfig:
         if self.signer is None:
             raise ApiError(503, "links_not_configured", "no OPTOUT_LINK_KEYS are configured", None)
         return unsubscribe_link(self.signer, self.public_base_url, claim)
+
+    def make_preferences_link(self, claim: LinkClaim) -> str:
+        """The URL of a preference page that may also opt in."""
+        if self.signer is None:
+            raise ApiError(503, "links_not_configured", "no OPTOUT_LINK_KEYS are configured", None)
+        return preferences_link(self.signer, self.public_base_url, claim)
+
+    def page_links(self) -> PageLinks:
+        return self.links if self.links is not None else PageLinks(self.signer, _NoRevocations())
+
+
+class _NoRevocations:
+    async def is_revoked(self, token_id: str) -> bool:
+        return False
+
+    async def revoke(self, token_id: str, *, revoked_by: str) -> bool:
+        raise ApiError(503, "revocation_unavailable", "no deny list is configured")
 
 
 def now_seconds() -> int:

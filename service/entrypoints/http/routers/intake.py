@@ -13,7 +13,7 @@ the request passes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.application.intake import Accepted, IntakeRefused
+from service.application.page_links import LinksNotConfigured
 from service.contract.v1 import OutcomeV1
 from service.domain.catalog import (
     CatalogLookupError,
@@ -29,7 +30,7 @@ from service.domain.catalog import (
     UnknownTopic,
     link_problem,
 )
-from service.domain.link_tokens import LinkClaim
+from service.domain.link_tokens import LinkClaim, LinkTokenError
 from service.entrypoints.http.channels import Channels, now_seconds
 from service.entrypoints.http.errors import ApiError, error_responses
 from service.entrypoints.http.security import ApiToken, Caller, requires
@@ -121,30 +122,60 @@ class LinkIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     subject_id: str = Field(min_length=1, max_length=256)
-    topic: str = Field(min_length=1, max_length=128)
+    topic: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The topic the link stops (required for `unsubscribe`).",
+    )
     channel: str = Field(default="email", min_length=1, max_length=64)
     tenant: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9_-]{1,64}$",
         description="Omitted: the token's only tenant.",
     )
+    purpose: Literal["unsubscribe", "preferences"] = Field(
+        default="unsubscribe",
+        description="`unsubscribe`: the one-click link of a mail (`/u`), which stops its "
+        "topic on its channel and shows the preference page read-only. `preferences`: a "
+        "preference-page link (`/p`) that may also opt in, valid for "
+        "`OPTOUT_PREFERENCES_LINK_VALIDITY_SECONDS`; send it only to the person, on request.",
+    )
 
 
 class LinkOut(BaseModel):
     url: str
-    list_unsubscribe: str = Field(description="The `List-Unsubscribe` header value.")
-    list_unsubscribe_post: str = Field(description="The `List-Unsubscribe-Post` header value.")
+    purpose: Literal["unsubscribe", "preferences"] = "unsubscribe"
+    token_id: str = Field(description="What `POST /v1/links/revoke` takes to revoke the link.")
+    list_unsubscribe: str | None = Field(
+        description="The `List-Unsubscribe` header value (null for a preference link)."
+    )
+    list_unsubscribe_post: str | None = Field(
+        description="The `List-Unsubscribe-Post` header value (null for a preference link)."
+    )
 
 
 @router.post(
     "/links",
     operation_id="makeLink",
-    summary="A signed one-click unsubscribe link and its mail headers",
+    summary="A signed one-click unsubscribe link and its mail headers, or a preference link",
     dependencies=[requires("write")],
     responses=error_responses(503),
 )
 async def make_link(body: LinkIn, channels: Channels, caller: Caller) -> LinkOut:
     tenant = caller.tenant_for(body.tenant)
+    if body.purpose == "preferences":
+        claim = LinkClaim(tenant, body.subject_id, "*", "*", now_seconds(), purpose="preferences")
+        url = channels.make_preferences_link(claim)
+        return LinkOut(
+            url=url,
+            purpose="preferences",
+            token_id=claim.token_id,
+            list_unsubscribe=None,
+            list_unsubscribe_post=None,
+        )
+    if body.topic is None:
+        raise ApiError(422, "invalid_request", "an unsubscribe link names its topic", "topic")
     try:
         link_problem(channels.intake.catalog, body.topic, body.channel)
     except CatalogLookupError as exc:
@@ -153,11 +184,56 @@ async def make_link(body: LinkIn, channels: Channels, caller: Caller) -> LinkOut
             type(exc), f"invalid_{name}"
         )
         raise ApiError(422, error, str(exc), name) from None
-    link = channels.make_link(
-        LinkClaim(tenant, body.subject_id, body.topic, body.channel, now_seconds())
-    )
+    claim = LinkClaim(tenant, body.subject_id, body.topic, body.channel, now_seconds())
+    link = channels.make_link(claim)
     return LinkOut(
         url=link.url,
+        token_id=claim.token_id,
         list_unsubscribe=link.list_unsubscribe,
         list_unsubscribe_post=link.list_unsubscribe_post,
     )
+
+
+class RevokeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    link: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="The link's URL, its token, or its `token_id`.",
+    )
+
+
+class RevokeOut(BaseModel):
+    token_id: str
+    newly_revoked: bool = Field(description="false: it was revoked already.")
+
+
+@router.post(
+    "/links/revoke",
+    operation_id="revokeLink",
+    summary="Revoke one link: from now on it opens nothing (a deny list by token id)",
+    description="Scope `admin`, with a token of every tenant (`*`).",
+    responses=error_responses(503),
+)
+async def revoke_link(
+    body: RevokeIn,
+    channels: Channels,
+    token: Annotated[ApiToken, requires("admin")],
+) -> RevokeOut:
+    # A token id names no tenant: only an operator of every tenant may revoke by it.
+    if token.tenants is not None:
+        raise ApiError(403, "tenant_forbidden", "revoking a link needs a token of every tenant")
+    try:
+        token_id, new = await channels.page_links().revoke(
+            body.link, revoked_by=f"api:{token.name}"
+        )
+    except LinksNotConfigured:
+        raise ApiError(
+            503, "links_not_configured", "no OPTOUT_LINK_KEYS are configured", None
+        ) from None
+    except LinkTokenError as exc:
+        raise ApiError(
+            422, "invalid_link", f"not a link of this service ({exc.kind})", "link"
+        ) from None
+    return RevokeOut(token_id=token_id, newly_revoked=new)

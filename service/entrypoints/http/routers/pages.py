@@ -12,6 +12,16 @@
 - ``Sec-GPC: 1`` on the preference page records an opt-out of ``data.sale`` (the one
   request here that publishes on a GET: the signal is the person's standing instruction,
   and only a browser sends it).
+- Links have a purpose. An ``unsubscribe`` link (``/u``, the one in every mail) stops its
+  own topic on its own channel, and opens the preference page read-only: there it takes
+  opt-outs only (withdrawing stays as easy as giving), and the boxes of what is off cannot
+  be ticked. Opting in needs a ``preferences`` link, which expires sooner. A revoked link,
+  one issued in the future, or one signed by a key after its not-after date opens nothing.
+- Rate limits (``application/rate_limits.py``): page views and opt-ins are limited per
+  client address, per link and per subject (429 with ``Retry-After``); an opt-out is never
+  refused. It is counted (so a flood alternating opt-ins and opt-outs stops at the limit),
+  and the same opt-out repeated within a short window is answered without being published
+  again.
 
 Every page has a strict Content-Security-Policy (nothing but this origin's stylesheet, no
 script at all, forms post only here, no framing) and works without JavaScript.
@@ -30,10 +40,13 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.application.intake import PAGES_ACTOR, Accepted, IntakeRefused
+from service.application.page_links import LinkRevoked, LinksNotConfigured
+from service.application.rate_limits import Rule, Verdict
 from service.domain.events import Outcome
-from service.domain.link_tokens import LinkClaim, LinkTokenError
+from service.domain.link_tokens import LinkClaim, LinkTokenError, Purpose
 from service.domain.model import WILDCARD, Decision, SubjectKey
 from service.entrypoints.http.channels import STATIC, TEMPLATES, Channels, ChannelsConfig
+from service.entrypoints.http.rate_limit import client_address
 
 # The pages are one of the service's own channels: they name themselves as the actor.
 AS_PAGES: dict[str, Any] = {"actor": PAGES_ACTOR, "service_channel": True}
@@ -71,24 +84,66 @@ def _invalid(channels: ChannelsConfig, why: str) -> HTMLResponse:
     return _page("invalid.html", 400, t=channels.texts, why=why, support=channels.support_contact)
 
 
-def _claim(channels: ChannelsConfig, token: str) -> LinkClaim | HTMLResponse:
+def _too_many(channels: ChannelsConfig, verdict: Verdict) -> HTMLResponse:
     t = channels.texts
-    if channels.signer is None:
-        return _invalid(channels, t["invalid_unknown_key"])
+    seconds = verdict.retry_after_seconds
+    page = _page(
+        "invalid.html",
+        429,
+        t=t,
+        heading=t["too_many_heading"],
+        why=t["too_many_detail"].format(seconds=seconds),
+        support=channels.support_contact,
+    )
+    page.headers["Retry-After"] = str(seconds)
+    return page
+
+
+async def _claim(
+    channels: ChannelsConfig, token: str, purposes: tuple[Purpose, ...]
+) -> LinkClaim | HTMLResponse:
+    """The link's claim when it is genuine, current, not revoked and of one of
+    ``purposes``; otherwise the page that says why (nothing is changed)."""
+    t = channels.texts
     try:
-        claim = channels.signer.verify(token, now=int(datetime.now(UTC).timestamp()))
+        claim = await channels.page_links().open(token)
+    except LinksNotConfigured:
+        return _invalid(channels, t["invalid_unknown_key"])
+    except LinkRevoked:
+        log.info("link_refused", kind="revoked")
+        return _invalid(channels, t["invalid_revoked"])
     except LinkTokenError as exc:
         log.info("link_refused", kind=exc.kind)
         if exc.kind == "expired":
-            days = channels.signer.validity_seconds // 86_400
+            days = exc.validity_seconds // 86_400
             return _invalid(channels, t["invalid_expired"].format(days=days))
-        if exc.kind == "unknown_key":
+        if exc.kind in ("unknown_key", "retired_key"):
             return _invalid(channels, t["invalid_unknown_key"])
         return _invalid(channels, t["invalid_tampered"])
+    if claim.purpose not in purposes:
+        log.info("link_refused", kind="purpose")
+        return _invalid(channels, t["invalid_purpose"])
     catalog = channels.intake.catalog
     if claim.topic != WILDCARD and claim.topic not in catalog.topics:
         return _invalid(channels, t["invalid_unknown_key"])
     return claim
+
+
+def _view_limits(request: Request, claim: LinkClaim | None) -> list[tuple[Rule, str]]:
+    checks: list[tuple[Rule, str]] = [("page_ip", client_address(request))]
+    if claim is not None:
+        checks.append(("page_token", claim.token_id))
+    return checks
+
+
+async def _view_allowed(
+    channels: ChannelsConfig, request: Request, claim: LinkClaim | None
+) -> HTMLResponse | None:
+    """None when a page view (or an opt-in) may go on; the 429 page otherwise."""
+    if channels.throttle is None:
+        return None
+    verdict = await channels.throttle.check(_view_limits(request, claim))
+    return None if verdict.allowed else _too_many(channels, verdict)
 
 
 def _labels(channels: ChannelsConfig, claim: LinkClaim) -> dict[str, str]:
@@ -147,10 +202,17 @@ async def stylesheet() -> Response:
 
 
 @router.get("/u/{token}")
-async def unsubscribe_page(token: str, channels: Channels) -> Response:
-    claim = _claim(channels, token)
+async def unsubscribe_page(token: str, request: Request, channels: Channels) -> Response:
+    # Per address first: a flood of made-up links costs no lookup of the deny list.
+    if (refused := await _view_allowed(channels, request, None)) is not None:
+        return refused
+    claim = await _claim(channels, token, ("unsubscribe",))
     if isinstance(claim, HTMLResponse):
         return claim
+    if channels.throttle is not None:
+        verdict = await channels.throttle.check([("page_token", claim.token_id)])
+        if not verdict.allowed:
+            return _too_many(channels, verdict)
     assert channels.signer is not None
     if await _already_out(channels, SubjectKey(claim.tenant, claim.subject_id), claim):
         return _page(
@@ -173,7 +235,8 @@ async def unsubscribe_page(token: str, channels: Channels) -> Response:
 
 @router.post("/u/{token}")
 async def unsubscribe(token: str, request: Request, channels: Channels) -> Response:
-    claim = _claim(channels, token)
+    """Never rate-limited: an opt-out is always taken (its repeats are absorbed)."""
+    claim = await _claim(channels, token, ("unsubscribe",))
     if isinstance(claim, HTMLResponse):
         return claim
     assert channels.signer is not None
@@ -190,10 +253,14 @@ async def unsubscribe(token: str, request: Request, channels: Channels) -> Respo
     key = SubjectKey(claim.tenant, claim.subject_id)
     if await _already_out(channels, key, claim):
         return _page("unsubscribed.html", 200, state="already", **context)
+    changes = [{"action": "opt_out", "topic": claim.topic, "channel": claim.channel}]
+    if not await _first_opt_out(channels, claim, changes, "email"):
+        # The same opt-out is on its way (taken moments ago): answered, not published again.
+        return _page("unsubscribed.html", 200, state="pending", **context)
     command = _command(
         request,
         claim,
-        [{"action": "opt_out", "topic": claim.topic, "channel": claim.channel}],
+        changes,
         "email",
         "one-click unsubscribe" if one_click else "unsubscribe page",
     )
@@ -203,8 +270,30 @@ async def unsubscribe(token: str, request: Request, channels: Channels) -> Respo
         )
     except IntakeRefused as refused:
         log.warning("unsubscribe_refused", reason=refused.error)
+        await _forget_opt_outs(channels, claim)
         return _page("unsubscribed.html", 422, state="refused", **context)
     return _page("unsubscribed.html", 200, **_confirmation(accepted), **context)
+
+
+async def _first_opt_out(
+    channels: ChannelsConfig, claim: LinkClaim, changes: list[dict[str, str]], channel: str
+) -> bool:
+    """Count the opt-out against the subject (never refused) and say whether it is the
+    first of its kind within the repeat window (False: absorb it)."""
+    throttle = channels.throttle
+    if throttle is None:
+        return True
+    subject = throttle.subject(claim.tenant, claim.subject_id)
+    cells = [(c["topic"], c["channel"]) for c in changes]
+    if not await throttle.first_opt_out(claim.tenant, claim.subject_id, cells, channel=channel):
+        return False
+    await throttle.count([("subject_changes", subject)], cost=len(changes))
+    return True
+
+
+async def _forget_opt_outs(channels: ChannelsConfig, claim: LinkClaim) -> None:
+    if channels.throttle is not None:
+        await channels.throttle.forget_opt_outs(claim.tenant, claim.subject_id)
 
 
 def _confirmation(accepted: Accepted) -> dict[str, str]:
@@ -304,18 +393,31 @@ def _preference_rows(
 
 
 async def _preferences_page(
-    channels: ChannelsConfig, token: str, claim: LinkClaim, notices: list[str]
+    channels: ChannelsConfig,
+    token: str,
+    claim: LinkClaim,
+    notices: list[str],
+    status: int = 200,
+    retry_after: int = 0,
 ) -> HTMLResponse:
     assert channels.signer is not None
     prefs = await channels.decisions.preferences(SubjectKey(claim.tenant, claim.subject_id))
-    return _page(
+    read_only = claim.purpose != "preferences"
+    if read_only:
+        notices = [*notices, channels.texts["preferences_read_only"]]
+    page = _page(
         "preferences.html",
+        status,
         t=channels.texts,
         token=token,
         csrf=channels.signer.tag(_CSRF, token),
         notices=notices,
+        read_only=read_only,
         **_preference_rows(channels, prefs.decisions),
     )
+    if retry_after:
+        page.headers["Retry-After"] = str(retry_after)
+    return page
 
 
 async def _honour_gpc(request: Request, channels: ChannelsConfig, claim: LinkClaim) -> list[str]:
@@ -325,26 +427,31 @@ async def _honour_gpc(request: Request, channels: ChannelsConfig, claim: LinkCla
         return []
     key = SubjectKey(claim.tenant, claim.subject_id)
     decision = await channels.decisions.is_allowed(key, "data.sale", WILDCARD)
-    if decision.allowed:
-        command = _command(
-            request,
-            claim,
-            [{"action": "opt_out", "topic": "data.sale", "channel": WILDCARD}],
-            "web",
-            "Global Privacy Control",
-        )
-        await channels.intake.submit(
-            [command], wait_seconds=channels.page_outcome_wait_seconds, **AS_PAGES
-        )
+    changes = [{"action": "opt_out", "topic": "data.sale", "channel": WILDCARD}]
+    if decision.allowed and await _first_opt_out(channels, claim, changes, "web"):
+        command = _command(request, claim, changes, "web", "Global Privacy Control")
+        try:
+            await channels.intake.submit(
+                [command], wait_seconds=channels.page_outcome_wait_seconds, **AS_PAGES
+            )
+        except IntakeRefused:
+            await _forget_opt_outs(channels, claim)
+            raise
     return [channels.texts["preferences_gpc"]]
+
+
+_ANY_PURPOSE: tuple[Purpose, ...] = ("unsubscribe", "preferences")
 
 
 @router.get("/p/{token}")
 async def preferences_page(token: str, request: Request, channels: Channels) -> Response:
-    claim = _claim(channels, token)
+    claim = await _claim(channels, token, _ANY_PURPOSE)
     if isinstance(claim, HTMLResponse):
         return claim
+    # The signal is an opt-out: honoured before any limit, so never turned away.
     notices = await _honour_gpc(request, channels, claim)
+    if (refused := await _view_allowed(channels, request, claim)) is not None:
+        return refused
     return await _preferences_page(channels, token, claim, notices)
 
 
@@ -368,9 +475,34 @@ def _wanted_changes(
     return changes
 
 
+async def _admitted_opt_ins(
+    channels: ChannelsConfig, request: Request, claim: LinkClaim, opt_ins: int
+) -> tuple[str | None, int]:
+    """Whether the form's opt-ins may be published: (None, 0) when they may; otherwise the
+    notice that says why not and the seconds after which to retry (0: never with this
+    link). Counted per address, per link and against the subject's changes."""
+    t = channels.texts
+    if claim.purpose != "preferences":
+        return t["preferences_opt_ins_ignored"], 0
+    throttle = channels.throttle
+    if throttle is None:
+        return None, 0
+    verdict = await throttle.check(_view_limits(request, claim))
+    if verdict.allowed:
+        # Each opt-in books its own row and that of the opt-out that may withdraw it (which
+        # is never refused): however opt-ins and opt-outs alternate, the subject's history
+        # grows by at most the limit.
+        subject = throttle.subject(claim.tenant, claim.subject_id)
+        verdict = await throttle.check([("subject_changes", subject)], cost=2 * opt_ins)
+    if verdict.allowed:
+        return None, 0
+    seconds = verdict.retry_after_seconds
+    return t["preferences_opt_ins_limited"].format(seconds=seconds), seconds
+
+
 @router.post("/p/{token}")
 async def save_preferences(token: str, request: Request, channels: Channels) -> Response:
-    claim = _claim(channels, token)
+    claim = await _claim(channels, token, _ANY_PURPOSE)
     if isinstance(claim, HTMLResponse):
         return claim
     assert channels.signer is not None
@@ -381,10 +513,29 @@ async def save_preferences(token: str, request: Request, channels: Channels) -> 
     notices = await _honour_gpc(request, channels, claim)
     prefs = await channels.decisions.preferences(SubjectKey(claim.tenant, claim.subject_id))
     changes = _wanted_changes(channels, prefs.decisions, form)
+    if not changes and (refused := await _view_allowed(channels, request, claim)) is not None:
+        return refused  # a form that changes nothing is a page view
+    opt_outs = [c for c in changes if c["action"] == "opt_out"]
+    opt_ins = [c for c in changes if c["action"] == "opt_in"]
+    status, retry_after = 200, 0
+    if opt_ins:
+        refusal, retry_after = await _admitted_opt_ins(channels, request, claim, len(opt_ins))
+        if refusal is None:
+            # An opt-in goes out: any later opt-out of the subject must be written again.
+            await _forget_opt_outs(channels, claim)
+            if channels.throttle is not None and opt_outs:
+                subject = channels.throttle.subject(claim.tenant, claim.subject_id)
+                await channels.throttle.count([("subject_changes", subject)], cost=len(opt_outs))
+        else:
+            # The opt-outs of the same form are still taken: never turned away.
+            changes, opt_ins, notices = opt_outs, [], [*notices, refusal]
+            status = 429 if retry_after else 200
+    if changes and not opt_ins and not await _first_opt_out(channels, claim, changes, "web"):
+        changes = []  # the same opt-outs were taken moments ago: absorbed, not published
     if not changes:
-        return await _preferences_page(
-            channels, token, claim, [*notices, t["preferences_unchanged"]]
-        )
+        if status == 200 and not notices:
+            notices = [t["preferences_unchanged"]]
+        return await _preferences_page(channels, token, claim, notices, status, retry_after)
     # A command holds at most 100 changes; a larger catalog's page saves in several.
     commands = [
         _command(request, claim, changes[i : i + 100], "web", "preference page")
@@ -396,6 +547,7 @@ async def save_preferences(token: str, request: Request, channels: Channels) -> 
         )
     except IntakeRefused as refused:
         log.warning("preferences_refused", reason=refused.error)
+        await _forget_opt_outs(channels, claim)
         return _invalid(channels, t["refused_detail"].format(support=channels.support_contact))
     outcomes = [a.outcome for a in accepted if a.outcome is not None]
     if len(outcomes) == len(accepted) and all(o.status != "rejected" for o in outcomes):
@@ -403,4 +555,4 @@ async def save_preferences(token: str, request: Request, channels: Channels) -> 
         notice = t["preferences_saved"].format(effective_at=_when(last))
     else:
         notice = t["preferences_saved_pending"]
-    return await _preferences_page(channels, token, claim, [*notices, notice])
+    return await _preferences_page(channels, token, claim, [*notices, notice], status, retry_after)
