@@ -38,7 +38,19 @@ app.add_typer(events_app, name="events")
 def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    _refuse_inconsistent_kafka_security(settings)
     return settings
+
+
+def _refuse_inconsistent_kafka_security(settings: Settings) -> None:
+    """One line and exit 2 when the Kafka security settings do not fit together."""
+    from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
+
+    try:
+        KafkaConnection.from_settings(settings)
+    except KafkaSecurityError as exc:
+        typer.echo(f"optout: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 _UNREACHABLE = (OSError, TimeoutError, ConnectionError)
@@ -261,10 +273,12 @@ def lag(
     Reads Kafka only (no worker needed). With --max-lag / --max-lag-seconds it is a probe:
     exit status 2 when over, 0 otherwise; 1 when Kafka cannot be asked.
     """
+    from service.adapters.kafka.connection import KafkaConnection, connection_problem
     from service.adapters.kafka.lag import group_lag
     from service.entrypoints.lag_report import over_limits, render_table
 
     settings = _settings()
+    kafka = KafkaConnection.from_settings(settings)
     # The client library logs its connection errors itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     group_name = group or settings.consumer_group
@@ -272,11 +286,13 @@ def lag(
 
     def measure() -> list[Any]:
         try:
-            return asyncio.run(group_lag(settings.kafka_bootstrap, group_name, topic_name))
+            return asyncio.run(group_lag(kafka, group_name, topic_name))
         except Exception as exc:  # one line naming the dependency, never a traceback
+            why = f"{type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''}"
+            if not isinstance(exc, LookupError):
+                why = asyncio.run(connection_problem(kafka)) or why
             typer.echo(
-                f"optout lag: Kafka at {settings.kafka_bootstrap} could not be asked"
-                f" ({type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''})",
+                f"optout lag: Kafka at {settings.kafka_bootstrap} could not be asked ({why})",
                 err=True,
             )
             raise typer.Exit(1) from None

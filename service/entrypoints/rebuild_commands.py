@@ -117,8 +117,15 @@ def republish(tenant: Tenant = None, batch: Batch = 1000) -> None:
 
 
 def _settings() -> Settings:
+    from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        KafkaConnection.from_settings(settings)
+    except KafkaSecurityError as exc:
+        typer.echo(f"optout: {exc}", err=True)
+        raise typer.Exit(2) from None
     # The Kafka client logs its connection errors itself; the one line of `_run` says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return settings
