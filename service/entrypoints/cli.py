@@ -35,10 +35,13 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 
 
-def _settings() -> Settings:
+def _settings(*, kafka: bool = False) -> Settings:
+    """The settings; for a command that talks to Kafka (`kafka`), its security settings are
+    checked first (one line and exit 2 when they do not fit together)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    _refuse_inconsistent_kafka_security(settings)
+    if kafka:
+        _refuse_inconsistent_kafka_security(settings)
     return settings
 
 
@@ -119,7 +122,7 @@ def worker(
     ] = 1,
 ) -> None:
     """Consume commands and apply them; serves /healthz and /readyz."""
-    settings = _settings()
+    settings = _settings(kafka=True)
     if processes > 1:
         from service.entrypoints.worker_processes import run_processes
 
@@ -134,7 +137,7 @@ def api() -> None:
     """HTTP API only (decisions, health); scale it apart from the worker."""
     from service.entrypoints.server import serve
 
-    run_forever(serve(_settings(), with_worker=False))
+    run_forever(serve(_settings(kafka=True), with_worker=False))
 
 
 @app.command()
@@ -146,7 +149,7 @@ def run(
     """Worker and HTTP API in one process (what `make run` starts)."""
     from service.entrypoints.server import serve
 
-    settings = _settings()
+    settings = _settings(kafka=True)
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     base = f"http://{settings.http_host}:{settings.http_port}"
@@ -277,7 +280,7 @@ def lag(
     from service.adapters.kafka.lag import group_lag
     from service.entrypoints.lag_report import over_limits, render_table
 
-    settings = _settings()
+    settings = _settings(kafka=True)
     kafka = KafkaConnection.from_settings(settings)
     # The client library logs its connection errors itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
