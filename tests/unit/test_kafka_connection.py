@@ -125,7 +125,11 @@ def test_an_inconsistent_combination_is_refused_in_one_line(
     assert "\n" not in str(refused.value)
 
 
-def test_the_command_line_refuses_them_at_start_in_one_line() -> None:
+def test_the_command_line_refuses_them_at_start_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The runner's captured output closes after the call: logging must not be bound to it.
+    monkeypatch.setattr("service.entrypoints.cli.configure_logging", lambda *_: None)
     result = CliRunner().invoke(
         app,
         ["lag"],
