@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from benchmarks.seed import subject_name
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.adapters.postgres.migrator import migrate
 from service.settings import Settings
@@ -625,7 +626,9 @@ class Isolation:
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    await ensure_topics(bootstrap, [KafkaTopic(name, partitions) for name in names])
+    await ensure_topics(
+        KafkaConnection(bootstrap), [KafkaTopic(name, partitions) for name in names]
+    )
 
 
 # --- statistics and machine ------------------------------------------------------------

@@ -37,6 +37,7 @@ from benchmarks.common import (
     process_env,
     write_json,
 )
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.lag import group_lag
 from service.client import OptoutClient
 from service.settings import Settings
@@ -57,7 +58,7 @@ def write_export(path: Path, rows: int) -> str:
 
 async def total_lag(settings: Settings) -> int:
     rows = await group_lag(
-        settings.kafka_bootstrap, settings.consumer_group, settings.topic_commands
+        KafkaConnection(settings.kafka_bootstrap), settings.consumer_group, settings.topic_commands
     )
     return sum(r.lag_records for r in rows)
 

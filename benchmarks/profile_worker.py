@@ -27,6 +27,7 @@ from pathlib import Path
 import asyncpg
 
 from benchmarks.common import RESULTS_DIR, CommandGenerator, Isolation, preload, process_env
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
@@ -75,7 +76,7 @@ async def profile(commands: int, py_spy: str) -> str:
     isolation = Isolation(uuid.uuid4().hex[:8])
     settings = isolation.service_settings(Settings())
     await isolation.prepare_schema(settings)
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), contract_topics(settings))
     generator = CommandGenerator(100_000, 1)
     await preload(
         settings.kafka_bootstrap,

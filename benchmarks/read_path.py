@@ -27,6 +27,7 @@ import httpx
 from pydantic import SecretStr
 
 from benchmarks.common import RESULTS_DIR, Isolation, percentiles, write_json
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.redis_cache import RedisStateCache
 from service.adapters.redis_client import create_redis
@@ -211,7 +212,7 @@ async def run(settings: Settings) -> dict[str, Any]:
     rng = random.Random(4)
     try:
         await isolation.prepare_schema(mine)
-        await ensure_topics(mine.kafka_bootstrap, contract_topics(mine))
+        await ensure_topics(KafkaConnection(mine.kafka_bootstrap), contract_topics(mine))
         redis = create_redis(mine.redis_dsn)
         try:
             states = _states(rng)

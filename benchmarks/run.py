@@ -62,6 +62,7 @@ from benchmarks.common import (
 from benchmarks.latency import SenderProcess, passthrough_at, service_at
 from benchmarks.soak import soak
 from benchmarks.throughput import Process, drain
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.logging import configure_logging
@@ -176,7 +177,7 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
     sender: SenderProcess | None = None
     try:
         await isolation.prepare_schema(service)
-        await ensure_topics(base.kafka_bootstrap, contract_topics(service))
+        await ensure_topics(KafkaConnection(base.kafka_bootstrap), contract_topics(service))
         await create_topics(
             base.kafka_bootstrap,
             [passthrough.topic_commands, passthrough_out],
@@ -336,7 +337,7 @@ async def _more_workers(run: Run, base: Settings, backlog: list[Any], count: int
     service = isolation.service_settings(base).model_copy(update={"http_port": 0})
     try:
         await isolation.prepare_schema(service)
-        await ensure_topics(base.kafka_bootstrap, contract_topics(service))
+        await ensure_topics(KafkaConnection(base.kafka_bootstrap), contract_topics(service))
         say(f"[throughput] {count} worker processes in one group drain {len(backlog):,} commands")
         children, figures = await drain(
             service,

@@ -18,6 +18,7 @@ from typing import Any
 from benchmarks import seed
 from benchmarks.common import CommandGenerator, Isolation, process_env, worker_argv
 from benchmarks.throughput import Process, drain
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
@@ -81,7 +82,7 @@ async def _tier(
         }
     )
     cleanups.append((tier, settings))
-    await ensure_topics(base.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(base.kafka_bootstrap), contract_topics(settings))
     generator = CommandGenerator(subjects, seed_number + index)
     backlog = [generator.command() for _ in range(backlog_size)]
     say(f"[scaling] {subjects:,} subjects stored: draining {backlog_size:,} commands")

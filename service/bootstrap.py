@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
+from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
 from service.adapters.kafka.consumer import WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
@@ -231,8 +232,10 @@ async def build_container(
     readiness checks just those. Nothing here needs a dependency to answer: the pool and
     the Redis client connect on first use, and the worker starts in the background as soon
     as Kafka answers, so a process started during an outage serves `/healthz` and a
-    `/readyz` naming what is missing, and gets to work when it comes back.
+    `/readyz` naming what is missing, and gets to work when it comes back. Inconsistent
+    Kafka security settings are refused first (``KafkaSecurityError``, one line).
     """
+    KafkaConnection.from_settings(settings)
     pool = await create_pool(
         settings.database_dsn, settings.database_schema, settings.database_pool_size
     )
@@ -285,10 +288,9 @@ async def build_container(
 
 
 def _channels(settings: Settings, container: Container) -> Channels:
-    output = KafkaOutput(
-        settings.kafka_bootstrap, liveness=container.liveness, client_id="optout-intake"
-    )
-    follower = OutcomeFollower(settings.kafka_bootstrap, settings.topic_outcomes)
+    kafka = KafkaConnection.from_settings(settings)
+    output = KafkaOutput(kafka, liveness=container.liveness, client_id="optout-intake")
+    follower = OutcomeFollower(kafka, settings.topic_outcomes)
     intake = CommandIntake(
         container.catalog,
         KafkaCommandSink(output, settings.topic_commands),
@@ -331,13 +333,17 @@ async def _start_channels_when_possible(
         return None if channels.follower.running else "outcome follower restarting"
 
     readiness.add("intake", intake_probe)
+    kafka = KafkaConnection.from_settings(settings)
+    # Only the topics the channels use: their principal may describe no other (README, ACLs).
+    used = {settings.topic_commands, settings.topic_outcomes}
+    topics = [t for t in contract_topics(settings) if t.name in used]
     async for attempt in AsyncRetrying(
         wait=wait_exponential(multiplier=0.5, max=settings.retry_backoff_max_seconds),
         retry=retry_if_exception_type(Exception),
     ):
         with attempt:
             async with AsyncExitStack() as trial:
-                await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+                await ensure_topics(kafka, topics)
                 await channels.output.start()
                 trial.push_async_callback(channels.output.stop)
                 await channels.follower.start()
@@ -396,7 +402,10 @@ async def _start_worker_when_possible(
 
     def failed(attempt: RetryCallState) -> None:
         assert attempt.outcome is not None
-        error = type(attempt.outcome.exception()).__name__
+        exc = attempt.outcome.exception()
+        error = (
+            str(exc) if isinstance(exc, KafkaUnreachable | PermissionError) else type(exc).__name__
+        )
         if not failing:
             log.error(
                 "dependency_unreachable",
@@ -414,7 +423,10 @@ async def _start_worker_when_possible(
     ):
         with attempt:
             async with AsyncExitStack() as trial:
-                await _start_worker(settings, trial, container, state)
+                try:
+                    await _start_worker(settings, trial, container, state)
+                except Exception as exc:
+                    raise await explained(KafkaConnection.from_settings(settings), exc) from exc
                 stack.push_async_callback(trial.pop_all().aclose)
     if failing:
         log.info("dependency_reachable", dependency="kafka", where=settings.kafka_bootstrap)
@@ -425,10 +437,11 @@ async def _start_worker_when_possible(
 async def _start_worker(
     settings: Settings, stack: AsyncExitStack, container: Container, state: WorkerState
 ) -> None:
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
-    broker = build_broker(settings.kafka_bootstrap)
-    limits = await read_size_limits(settings.kafka_bootstrap, settings.topic_dlq)
-    output = KafkaOutput(settings.kafka_bootstrap, limits, container.liveness)
+    kafka = KafkaConnection.from_settings(settings)
+    await ensure_topics(kafka, contract_topics(settings))
+    broker = build_broker(kafka)
+    limits = await read_size_limits(kafka, settings.topic_dlq)
+    output = KafkaOutput(kafka, limits, container.liveness)
     container.output = output
     await output.start()
     # The exit stack unwinds in reverse: the consumer stops before its producer closes.
@@ -488,7 +501,7 @@ async def _start_worker(
     if settings.retention_seconds:
         retention = RetentionJob(
             PostgresPrunableLogs(pool),
-            KafkaTopicRetention(settings.kafka_bootstrap, settings.topic_commands),
+            KafkaTopicRetention(kafka, settings.topic_commands),
             RetentionPolicy(
                 settings.retention_seconds,
                 settings.retention_batch_rows,
@@ -533,6 +546,6 @@ async def snapshot_republisher(
     pages = PostgresSubjectPages(pool, events=True)
     await pages.check()
     (topic,) = [t for t in contract_topics(settings) if t.name == settings.topic_preferences]
-    sink = await KafkaSnapshotSink.started(settings.kafka_bootstrap, topic)
+    sink = await KafkaSnapshotSink.started(KafkaConnection.from_settings(settings), topic)
     stack.push_async_callback(sink.stop)
     return RepublishSnapshots(pages, sink, progress)

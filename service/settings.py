@@ -18,6 +18,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPTOUT_", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How every Kafka client authenticates and encrypts (adapters/kafka/connection.py, which
+    # refuses an inconsistent combination at start). PLAINTEXT is for the local stack only.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password: SecretStr = SecretStr("")
+    # PEM files: the CA that signed the brokers' certificates (empty: the system's CAs), and
+    # a client certificate and its key for mutual TLS.
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None
+    kafka_key_file: Path | None = None
     database_url: SecretStr = SecretStr("postgresql://optout:optout@127.0.0.1:55432/optout")
     database_schema: str = Field(default="optout", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     database_pool_size: int = Field(default=6, ge=1, le=100)

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.client.catch_up import CatchUp
 from service.client.local_cache import LocalCache
 from service.contract.v1 import PreferenceChangedV1
@@ -88,7 +89,7 @@ class _Session:
 class PreferencesFollower:
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         cache: LocalCache,
         *,
@@ -96,7 +97,7 @@ class PreferencesFollower:
         stall_seconds: float = 2.0,
         retry_max_seconds: float = 5.0,
     ) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._topic = topic
         self._cache = cache
         self._bound_seconds = bound_seconds
@@ -147,7 +148,7 @@ class PreferencesFollower:
     async def _open(self) -> _Session:
         clock = self._cache.clock
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_kwargs(),
             enable_auto_commit=False,
             group_id=None,
             fetch_max_wait_ms=self._fetch_max_wait_ms,
@@ -156,7 +157,7 @@ class PreferencesFollower:
             auto_offset_reset="earliest",
             client_id="optout-sdk",
         )
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="optout-sdk")
+        admin = AIOKafkaAdminClient(**self._kafka.client_kwargs(), client_id="optout-sdk")
         try:
             await consumer.start()
             await admin.start()

@@ -25,6 +25,7 @@ from functools import lru_cache, partial
 from types import TracebackType
 
 from service.adapters.catalog_file import configured_catalog
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.postgres.pool import create_pool
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import create_redis
@@ -110,7 +111,7 @@ class OptoutClient:
                     max_age_seconds=settings.client_local_cache_max_age_seconds,
                 )
                 follower = PreferencesFollower(
-                    settings.kafka_bootstrap,
+                    KafkaConnection.from_settings(settings),
                     settings.topic_preferences,
                     local,
                     bound_seconds=settings.client_local_cache_bound_seconds,

@@ -9,6 +9,7 @@ from faststream.specification import AsyncAPI
 
 from service import __version__
 from service.adapters.kafka.broker import build_broker
+from service.adapters.kafka.connection import KafkaConnection
 from service.contract.v1 import CommandV1, OutcomeV1, PreferenceChangedV1
 from service.settings import Settings
 
@@ -18,7 +19,7 @@ ASYNCAPI_FILE = "asyncapi.json"
 def asyncapi_document() -> str:
     """Describe the default topics; a broker is built for this only and never connected."""
     settings = Settings.model_construct()  # the shipped defaults, whatever the environment
-    broker = build_broker(settings.kafka_bootstrap)
+    broker = build_broker(KafkaConnection(settings.kafka_bootstrap))
 
     # The worker takes raw records (one bad record must not fail a batch) and sends through
     # aiokafka, so the payload types are declared here for the document; nothing here runs.

@@ -38,10 +38,14 @@ app.add_typer(events_app, name="events")
 app.add_typer(links_app, name="links")
 
 
-def _settings() -> Settings:
+def _settings(*, kafka: bool = False) -> Settings:
+    """The settings; for a command that talks to Kafka (`kafka`), its security settings are
+    checked first (one line and exit 2 when they do not fit together)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     _check_link_keys(settings)
+    if kafka:
+        _refuse_inconsistent_kafka_security(settings)
     return settings
 
 
@@ -62,6 +66,17 @@ def _check_link_keys(settings: Settings) -> None:
             err=True,
         )
         raise typer.Exit(2)
+
+
+def _refuse_inconsistent_kafka_security(settings: Settings) -> None:
+    """One line and exit 2 when the Kafka security settings do not fit together."""
+    from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
+
+    try:
+        KafkaConnection.from_settings(settings)
+    except KafkaSecurityError as exc:
+        typer.echo(f"optout: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 _UNREACHABLE = (OSError, TimeoutError, ConnectionError)
@@ -130,7 +145,7 @@ def worker(
     ] = 1,
 ) -> None:
     """Consume commands and apply them; serves /healthz and /readyz."""
-    settings = _settings()
+    settings = _settings(kafka=True)
     if processes > 1:
         from service.entrypoints.worker_processes import run_processes
 
@@ -145,7 +160,7 @@ def api() -> None:
     """HTTP API only (decisions, health); scale it apart from the worker."""
     from service.entrypoints.server import serve
 
-    run_forever(serve(_settings(), with_worker=False))
+    run_forever(serve(_settings(kafka=True), with_worker=False))
 
 
 @app.command()
@@ -157,7 +172,7 @@ def run(
     """Worker and HTTP API in one process (what `make run` starts)."""
     from service.entrypoints.server import serve
 
-    settings = _settings()
+    settings = _settings(kafka=True)
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     base = f"http://{settings.http_host}:{settings.http_port}"
@@ -284,10 +299,12 @@ def lag(
     Reads Kafka only (no worker needed). With --max-lag / --max-lag-seconds it is a probe:
     exit status 2 when over, 0 otherwise; 1 when Kafka cannot be asked.
     """
+    from service.adapters.kafka.connection import KafkaConnection, connection_problem
     from service.adapters.kafka.lag import group_lag
     from service.entrypoints.lag_report import over_limits, render_table
 
-    settings = _settings()
+    settings = _settings(kafka=True)
+    kafka = KafkaConnection.from_settings(settings)
     # The client library logs its connection errors itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     group_name = group or settings.consumer_group
@@ -295,11 +312,13 @@ def lag(
 
     def measure() -> list[Any]:
         try:
-            return asyncio.run(group_lag(settings.kafka_bootstrap, group_name, topic_name))
+            return asyncio.run(group_lag(kafka, group_name, topic_name))
         except Exception as exc:  # one line naming the dependency, never a traceback
+            why = f"{type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''}"
+            if not isinstance(exc, LookupError):
+                why = asyncio.run(connection_problem(kafka)) or why
             typer.echo(
-                f"optout lag: Kafka at {settings.kafka_bootstrap} could not be asked"
-                f" ({type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''})",
+                f"optout lag: Kafka at {settings.kafka_bootstrap} could not be asked ({why})",
                 err=True,
             )
             raise typer.Exit(1) from None

@@ -113,12 +113,18 @@ def import_file(
     harmless (the worker answers `duplicate`). Progress is checkpointed after each batch Kafka
     acknowledged; after an interruption, the same command resumes where it stopped.
     """
+    from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
     from service.application.importing import ImportRefused
     from service.logging import configure_logging
     from service.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        KafkaConnection.from_settings(settings)
+    except KafkaSecurityError as exc:
+        _say(str(exc))
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         job = _prepare(
             settings,
@@ -378,6 +384,7 @@ async def _sink(settings: Settings, dry_run: bool) -> AsyncIterator[CommandSink]
         return
     import logging
 
+    from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
     from service.adapters.kafka.intake import KafkaCommandSink
     from service.adapters.kafka.producer import KafkaOutput
     from service.adapters.kafka.topics import ensure_topics
@@ -385,14 +392,20 @@ async def _sink(settings: Settings, dry_run: bool) -> AsyncIterator[CommandSink]
 
     # aiokafka logs its connection errors itself; the one line this command prints says it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    output = KafkaOutput(settings.kafka_bootstrap, client_id="optout-import")
+    kafka = KafkaConnection.from_settings(settings)
+    output = KafkaOutput(kafka, client_id="optout-import")
+    # The importer's principal may write the commands topic and describe no other.
+    (commands,) = [t for t in contract_topics(settings) if t.name == settings.topic_commands]
     try:
-        await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+        await ensure_topics(kafka, [commands])
         await output.start()
     except Exception as exc:
         with contextlib.suppress(Exception):
             await output.stop()
-        raise _KafkaUnreachable(type(exc).__name__) from None
+        why = await explained(kafka, exc)
+        raise _KafkaUnreachable(
+            str(why) if isinstance(why, KafkaUnreachable | PermissionError) else type(exc).__name__
+        ) from None
     try:
         yield KafkaCommandSink(output, settings.topic_commands)
     finally:

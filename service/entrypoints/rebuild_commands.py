@@ -90,7 +90,7 @@ def republish(tenant: Tenant = None, batch: Batch = 1000) -> None:
     Exit status: 0 done, 1 PostgreSQL or Kafka did not answer, 3 subjects kept changing,
     130 stopped (Ctrl-C).
     """
-    settings = _settings()
+    settings = _settings(kafka=True)
     tally = RepublishTally()
     command = "events republish"
 
@@ -116,9 +116,17 @@ def republish(tenant: Tenant = None, batch: Batch = 1000) -> None:
         raise typer.Exit(EXIT_STILL_CHANGING) from None
 
 
-def _settings() -> Settings:
+def _settings(*, kafka: bool = False) -> Settings:
+    from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        if kafka:
+            KafkaConnection.from_settings(settings)
+    except KafkaSecurityError as exc:
+        typer.echo(f"optout: {exc}", err=True)
+        raise typer.Exit(2) from None
     # The Kafka client logs its connection errors itself; the one line of `_run` says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return settings

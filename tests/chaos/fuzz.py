@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
@@ -209,7 +210,7 @@ async def fuzz(settings: Settings, config: FuzzConfig, run_dir: Path) -> dict[st
     settings = settings.model_copy(
         update={"topic_partitions": config.partitions, "batch_max_records": 100}
     )
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), contract_topics(settings))
     payloads = Fuzzer(config).payloads()
     outputs = OutputLog(
         settings.kafka_bootstrap,

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
@@ -176,7 +177,10 @@ async def probe_classes(
     """Probe every named class, each through a worker of its own; results by class name."""
     per_class = {name: probe_settings(base, name) for name in names}
     await asyncio.gather(
-        *(ensure_topics(s.kafka_bootstrap, contract_topics(s)) for s in per_class.values())
+        *(
+            ensure_topics(KafkaConnection(s.kafka_bootstrap), contract_topics(s))
+            for s in per_class.values()
+        )
     )
     host = _start_host(list(per_class.values()), run_dir)
     limit = asyncio.Semaphore(config.concurrency)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.client import OptoutClient
@@ -150,7 +151,7 @@ async def chaos(
         run_id=f"s{config.seed}",
     )
     run.plan = generate(spec)
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), contract_topics(settings))
 
     outputs = OutputLog(
         settings.kafka_bootstrap,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.support.contract_client import ContractClient
@@ -131,7 +132,9 @@ async def test_three_workers_one_killed_partitions_move_and_lag_drains(
             await assert_matches_oracle(settings, client, stream)
             for _ in range(60):
                 lag = await group_lag(
-                    settings.kafka_bootstrap, settings.consumer_group, settings.topic_commands
+                    KafkaConnection(settings.kafka_bootstrap),
+                    settings.consumer_group,
+                    settings.topic_commands,
                 )
                 if sum(p.lag_records for p in lag) == 0:
                     break

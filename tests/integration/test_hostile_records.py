@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from service.adapters.kafka import consumer as consumer_module
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.sizes import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, read_size_limits
 from service.entrypoints.server import Service
 from service.settings import Settings
@@ -223,7 +224,9 @@ async def test_a_huge_compressed_value_lands_in_the_dlq(
             )
             # The broker applies a config change a moment after acknowledging it.
             for _ in range(100):
-                limits = await read_size_limits(settings.kafka_bootstrap, settings.topic_dlq)
+                limits = await read_size_limits(
+                    KafkaConnection(settings.kafka_bootstrap), settings.topic_dlq
+                )
                 if limits.dead_letter_bytes == dlq_max_bytes:
                     break
                 await asyncio.sleep(0.05)

@@ -29,6 +29,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.redis_client import create_redis
 from service.adapters.redis_states import state_cache
@@ -89,7 +90,7 @@ def keyless(settings: Settings) -> Settings:
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The HTTP API (no worker: the tests write storage themselves) and a client for it;
     the preferences topic exists, for the SDK's local cache to follow."""
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), contract_topics(settings))
     async with Service(settings, with_worker=False):
         base = f"http://127.0.0.1:{settings.http_port}"
         headers = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -413,7 +414,7 @@ async def test_a_tombstone_evicts_its_subject_from_the_local_cache_and_no_other(
 ) -> None:
     """A merge as the worker publishes it: Redis first (the merged-away subject becomes a
     forward), then the tombstone on the compacted topic under `{tenant}:{subject_id}`."""
-    await ensure_topics(keyed.kafka_bootstrap, contract_topics(keyed))
+    await ensure_topics(KafkaConnection(keyed.kafka_bootstrap), contract_topics(keyed))
     target = state_of("into-b", 2, [("marketing", "email", "opt_out")])
     await write_redis(keyed, [state_of("a", 1, []), state_of("keep", 1, []), target])
     producer = AIOKafkaProducer(bootstrap_servers=keyed.kafka_bootstrap)

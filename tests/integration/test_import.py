@@ -233,5 +233,5 @@ async def test_kafka_not_answering_is_one_line_and_exit_1(
     assert code == 1
     lines = err.strip().splitlines()
     assert lines == [
-        f"optout import: Kafka at 127.0.0.1:{port} did not answer (KafkaConnectionError)"
+        f"optout import: Kafka at 127.0.0.1:{port} did not answer (ConnectionRefusedError)"
     ]

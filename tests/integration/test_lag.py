@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.settings import Settings
 from tests.conftest import free_port
@@ -68,7 +69,7 @@ def run_lag(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 async def prepare(settings: Settings) -> None:
     """Three partitions: 10 records each; the group committed 10, 4 and nothing."""
     topic = settings.topic_commands
-    await ensure_topics(settings.kafka_bootstrap, [KafkaTopic(topic, 3)])
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), [KafkaTopic(topic, 3)])
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:

@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import SecretStr
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.lag import group_lag
 from service.adapters.kafka.snapshot_sink import KafkaSnapshotSink
 from service.adapters.postgres.pool import create_pool
@@ -239,7 +240,9 @@ class Commands:
             assert asyncio.get_running_loop().time() < deadline, "the worker never caught up"
             await asyncio.sleep(0.05)
         while True:
-            lag = await group_lag(s.kafka_bootstrap, s.consumer_group, s.topic_commands)
+            lag = await group_lag(
+                KafkaConnection(s.kafka_bootstrap), s.consumer_group, s.topic_commands
+            )
             if sum(p.lag_records for p in lag) == 0:
                 return
             assert asyncio.get_running_loop().time() < deadline, "offsets never committed"
@@ -402,7 +405,7 @@ async def test_republish_while_the_worker_writes_leaves_each_key_at_its_current_
     stream = random_commands(rng, subjects, 400)
     pool = await create_pool(settings.database_dsn, settings.database_schema, 2)
     topic = next(t for t in contract_topics(settings) if t.name == settings.topic_preferences)
-    sink = await KafkaSnapshotSink.started(settings.kafka_bootstrap, topic)
+    sink = await KafkaSnapshotSink.started(KafkaConnection(settings.kafka_bootstrap), topic)
     vanishing = VanishingSink(sink, settings)
     use_case = RepublishSnapshots(PostgresSubjectPages(pool, events=True), vanishing)
     try:
@@ -516,7 +519,7 @@ async def test_republish_sends_again_what_the_worker_published_before_the_page_l
     rng = random.Random(11)
     pool = await create_pool(settings.database_dsn, settings.database_schema, 2)
     topic = next(t for t in contract_topics(settings) if t.name == settings.topic_preferences)
-    sink = await KafkaSnapshotSink.started(settings.kafka_bootstrap, topic)
+    sink = await KafkaSnapshotSink.started(KafkaConnection(settings.kafka_bootstrap), topic)
     try:
         async with Service(settings, with_worker=True), Commands(settings) as commands:
             await commands.send(random_commands(rng, ["a", "b"], 6))

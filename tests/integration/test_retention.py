@@ -7,6 +7,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.sizes import KafkaTopicRetention
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.pool import create_pool
@@ -24,7 +25,7 @@ async def test_old_entries_are_pruned_and_the_consent_history_kept(settings: Set
     async with Service(settings, with_worker=True), ContractClient(settings) as client:
         for i in range(12):
             await client.apply(command(f"r-{i}", [("opt_out", "marketing", "email")]))
-    await ensure_topics(settings.kafka_bootstrap, contract_topics(settings))
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), contract_topics(settings))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -37,7 +38,7 @@ async def test_old_entries_are_pruned_and_the_consent_history_kept(settings: Set
         )
     finally:
         await admin.close()
-    topic = KafkaTopicRetention(settings.kafka_bootstrap, settings.topic_commands)
+    topic = KafkaTopicRetention(KafkaConnection(settings.kafka_bootstrap), settings.topic_commands)
     assert await topic.retention_seconds() == 3600
 
     pool = await create_pool(settings.database_dsn, settings.database_schema, 1)

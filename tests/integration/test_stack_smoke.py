@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.settings import Settings
 
@@ -17,8 +18,12 @@ pytestmark = pytest.mark.integration
 
 async def test_kafka_record_is_produced_and_consumed(settings: Settings) -> None:
     topic = settings.topic_commands
-    assert await ensure_topics(settings.kafka_bootstrap, [KafkaTopic(topic, 1)]) == [topic]
-    assert await ensure_topics(settings.kafka_bootstrap, [KafkaTopic(topic, 1)]) == []
+    assert await ensure_topics(
+        KafkaConnection(settings.kafka_bootstrap), [KafkaTopic(topic, 1)]
+    ) == [topic]
+    assert (
+        await ensure_topics(KafkaConnection(settings.kafka_bootstrap), [KafkaTopic(topic, 1)]) == []
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:

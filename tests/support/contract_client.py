@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import ensure_topics
 from service.bootstrap import contract_topics
 from service.settings import Settings
@@ -63,9 +64,11 @@ class ContractClient:
 
     async def __aenter__(self) -> ContractClient:
         # Idempotent and identical to what the worker does, so either may start first.
-        await ensure_topics(self.settings.kafka_bootstrap, contract_topics(self.settings))
+        await ensure_topics(
+            KafkaConnection.from_settings(self.settings), contract_topics(self.settings)
+        )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=0
+            **KafkaConnection.from_settings(self.settings).client_kwargs(), acks="all", linger_ms=0
         )
         await self._producer.start()
         s = self.settings
@@ -88,7 +91,8 @@ class ContractClient:
 
     async def _follow(self, topic: str, sink: Any) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+            **KafkaConnection.from_settings(self.settings).client_kwargs(),
+            enable_auto_commit=False,
         )
         await consumer.start()
         try:

@@ -295,6 +295,19 @@ class ThrowawayKafka:
             *args,
         ]
 
+    def listener_properties(self) -> list[str]:
+        """The client listener; a secured variant overrides this."""
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
+    def format_arguments(self) -> list[str]:
+        """Extra arguments of the storage tool's ``format`` (e.g. SCRAM credentials)."""
+        return []
+
     def format(self) -> None:
         props = self.directory / "server.properties"
         props.write_text(
@@ -303,11 +316,8 @@ class ThrowawayKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    *self.listener_properties(),
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={self.directory / 'data'}",
                     "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=1",
@@ -335,6 +345,7 @@ class ThrowawayKafka:
                 "dGhyb3dhd2F5LWthZmthMQ",
                 "-c",
                 str(props),
+                *self.format_arguments(),
             ),
             check=True,
             capture_output=True,

@@ -10,6 +10,7 @@ from aiokafka import errors as kafka_errors
 from asyncpg.exceptions import _base as asyncpg_base
 from redis import exceptions as redis_errors
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.postgres.errors import translate as translate_postgres
 from service.adapters.redis_cache import translate as translate_redis
@@ -72,7 +73,7 @@ def test_redis() -> None:
 
 
 async def test_kafka() -> None:
-    output = KafkaOutput("127.0.0.1:1")
+    output = KafkaOutput(KafkaConnection("127.0.0.1:1"))
     producer = output._producer
     refused = output._translate(producer, kafka_errors.MessageSizeTooLargeError())
     assert isinstance(refused, Refused)

@@ -24,7 +24,12 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 OLDEST_TARGET = "1.30"
-SECRET_SETTINGS = {"OPTOUT_DATABASE_URL", "OPTOUT_REDIS_URL", "OPTOUT_API_TOKENS"}
+SECRET_SETTINGS = {
+    "OPTOUT_DATABASE_URL",
+    "OPTOUT_REDIS_URL",
+    "OPTOUT_API_TOKENS",
+    "OPTOUT_KAFKA_PASSWORD",
+}
 IMAGE_UID = 10001
 
 Resource = dict[str, Any]
@@ -139,6 +144,10 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                         },
                                         "offsetResetPolicy": {"enum": ["earliest", "latest"]},
                                         "allowIdleConsumers": {"enum": ["true", "false"]},
+                                        "sasl": {
+                                            "enum": ["plaintext", "scram_sha256", "scram_sha512"]
+                                        },
+                                        "tls": {"enum": ["enable", "disable"]},
                                     },
                                 },
                                 "authenticationRef": {
@@ -146,6 +155,49 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                     "required": ["name"],
                                     "properties": {"name": _STRING},
                                 },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    # https://keda.sh/docs/latest/concepts/authentication/ (secretTargetRef)
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "kind": {"const": "TriggerAuthentication"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["secretTargetRef"],
+                "additionalProperties": False,
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["parameter", "name", "key"],
+                            "additionalProperties": False,
+                            "properties": {
+                                # The Kafka scaler's authentication parameters.
+                                "parameter": {
+                                    "enum": [
+                                        "sasl",
+                                        "username",
+                                        "password",
+                                        "tls",
+                                        "ca",
+                                        "cert",
+                                        "key",
+                                    ]
+                                },
+                                "name": _STRING,
+                                "key": _STRING,
                             },
                         },
                     },
@@ -327,8 +379,13 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_secrets_come_from_the_secret_by_reference_only() -> None:
     needs = {
-        "optout-worker": {"OPTOUT_DATABASE_URL", "OPTOUT_REDIS_URL"},
-        "optout-api": {"OPTOUT_DATABASE_URL", "OPTOUT_REDIS_URL", "OPTOUT_API_TOKENS"},
+        "optout-worker": {"OPTOUT_DATABASE_URL", "OPTOUT_REDIS_URL", "OPTOUT_KAFKA_PASSWORD"},
+        "optout-api": {
+            "OPTOUT_DATABASE_URL",
+            "OPTOUT_REDIS_URL",
+            "OPTOUT_API_TOKENS",
+            "OPTOUT_KAFKA_PASSWORD",
+        },
     }
     keys = set(yaml.safe_load((MANIFESTS / "secret.example.yaml").read_text())["stringData"])
     for deployment in _deployments():
@@ -453,3 +510,72 @@ def test_services_budgets_and_scrape_select_the_pods() -> None:
         assert selects(monitor["selector"]["matchLabels"], name)
     (endpoint,) = _one("PodMonitor", "optout")["spec"]["podMetricsEndpoints"]
     assert endpoint == {**endpoint, "port": "http", "path": "/metrics"}
+
+
+def _policies() -> dict[str, Resource]:
+    return {r["metadata"]["name"]: r for _, r in _resources() if r["kind"] == "NetworkPolicy"}
+
+
+def _kafka_port() -> int:
+    bootstrap = _one("ConfigMap", "optout-config")["data"]["OPTOUT_KAFKA_BOOTSTRAP"]
+    return int(bootstrap.rsplit(":", 1)[1])
+
+
+def test_network_policies_deny_by_default_and_allow_only_the_dependencies() -> None:
+    policies = _policies()
+    deny = policies.pop("optout-default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    dependency_ports = {_kafka_port(), 5432, 6379, 53}
+    sources = {
+        "optout-worker": {"prometheus"},
+        "optout-api": {"ingress-nginx", "prometheus", "sender"},
+    }
+    for deployment in _deployments():
+        name = deployment["metadata"]["name"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [
+            p
+            for p in policies.values()
+            if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {port["port"] for rule in spec["egress"] for port in rule["ports"]}
+        assert egress_ports == dependency_ports, name
+        assert all(rule["to"] for rule in spec["egress"])  # never "anywhere"
+        (ingress,) = spec["ingress"]
+        assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+        found = set()
+        for peer in ingress["from"]:
+            pod_labels = peer["podSelector"]["matchLabels"]
+            found.add(
+                "sender"
+                if "optout.example.com/sender" in pod_labels
+                else pod_labels["app.kubernetes.io/name"]
+            )
+        assert found == sources[name]
+
+
+def test_kafka_clients_in_the_manifests_use_sasl_ssl_with_a_principal_each() -> None:
+    data = _one("ConfigMap", "optout-config")["data"]
+    assert data["OPTOUT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    ca_dir, ca_name = data["OPTOUT_KAFKA_CA_FILE"].rsplit("/", 1)
+    users = set()
+    for deployment in _deployments():
+        pod = deployment["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        users.add(_env(main)["OPTOUT_KAFKA_USERNAME"]["value"])
+        (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == ca_dir]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["items"] == [{"key": "kafka-ca.crt", "path": ca_name}]
+    assert len(users) == len(_deployments())  # one principal per Deployment
+    trigger = _one("ScaledObject", "optout-worker")["spec"]["triggers"][0]
+    mechanism = data["OPTOUT_KAFKA_SASL_MECHANISM"].lower().replace("-", "_").replace("sha_", "sha")
+    assert trigger["metadata"]["sasl"] == mechanism
+    assert trigger["metadata"]["tls"] == "enable"
+    auth = _one("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]} == {
+        "username",
+        "password",
+        "ca",
+    }

@@ -17,6 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.client.catch_up import MAX_PENDING_ENDS, CatchUp
 from service.client.follower import PreferencesFollower, _Session, tombstoned
 from service.client.local_cache import LocalCache
@@ -276,7 +277,7 @@ def session(consumer: FakeConsumer, clock: Clock) -> _Session:
 async def test_fetch_answers_keep_the_cache_usable_and_silence_switches_it_off() -> None:
     clock = Clock(time.monotonic())
     local = cache(clock)
-    follower = PreferencesFollower("unused:9092", "t", local, bound_seconds=BOUND)
+    follower = PreferencesFollower(KafkaConnection("unused:9092"), "t", local, bound_seconds=BOUND)
     consumer = FakeConsumer(None, 10, 10)
     current = session(consumer, clock)
     t0 = clock.now
@@ -331,7 +332,7 @@ async def test_fetch_answers_keep_the_cache_usable_and_silence_switches_it_off()
 async def test_a_failing_loop_switches_the_cache_off_logs_once_and_retries() -> None:
     local = LocalCache(decide)
     follower = PreferencesFollower(
-        "unused:9092", "t", local, bound_seconds=BOUND, retry_max_seconds=0.01
+        KafkaConnection("unused:9092"), "t", local, bound_seconds=BOUND, retry_max_seconds=0.01
     )
     local.vouch(math.inf)
     local.apply(state(1))
@@ -373,7 +374,7 @@ async def test_a_failing_loop_switches_the_cache_off_logs_once_and_retries() -> 
 def test_a_tombstone_evicts_only_its_subject() -> None:
     local = cache(Clock(), size=10)
     local.vouch(math.inf)
-    follower = PreferencesFollower("unused:9092", "t", local, bound_seconds=BOUND)
+    follower = PreferencesFollower(KafkaConnection("unused:9092"), "t", local, bound_seconds=BOUND)
     keys = [SubjectKey("default", "u1"), SubjectKey("default", "u2"), SubjectKey("other", "u1")]
     for k in keys:
         local.apply(state(1, key=k))
@@ -400,7 +401,7 @@ def test_a_tombstone_evicts_only_its_subject() -> None:
 def test_a_tombstone_without_a_readable_key_empties_the_cache(record_key: bytes | None) -> None:
     local = cache(Clock(), size=10)
     local.vouch(math.inf)
-    follower = PreferencesFollower("unused:9092", "t", local, bound_seconds=BOUND)
+    follower = PreferencesFollower(KafkaConnection("unused:9092"), "t", local, bound_seconds=BOUND)
     local.apply(state(1))
     local.apply(state(1, key=SubjectKey("default", "u2")))
     follower._apply(record_key, None)

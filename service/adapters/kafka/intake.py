@@ -21,6 +21,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.producer import KafkaOutput, OutgoingRecord
 from service.contract.v1 import OutcomeV1
 from service.domain.events import Outcome
@@ -43,8 +44,8 @@ class KafkaCommandSink:
 
 
 class OutcomeFollower:
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._waiting: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -82,7 +83,7 @@ class OutcomeFollower:
 
     async def _positioned_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_kwargs(),
             client_id="optout-outcome-follower",
             group_id=None,
             enable_auto_commit=False,

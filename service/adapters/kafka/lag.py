@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from service.adapters.kafka.connection import KafkaConnection
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
@@ -34,18 +36,18 @@ _TIMEOUT_MS = 5_000
 
 
 async def group_lag(
-    bootstrap: str, group: str, topic: str, *, timeout_seconds: float = 10.0
+    kafka: KafkaConnection, group: str, topic: str, *, timeout_seconds: float = 10.0
 ) -> list[PartitionLag]:
     """Per partition of `topic`: committed offset, end offset, lag in records and seconds.
 
     A partition the group never committed on counts from its first retained record, as the
     worker (which starts at the earliest offset) would.
     """
-    return await asyncio.wait_for(_group_lag(bootstrap, group, topic), timeout_seconds)
+    return await asyncio.wait_for(_group_lag(kafka, group, topic), timeout_seconds)
 
 
-async def _group_lag(bootstrap: str, group: str, topic: str) -> list[PartitionLag]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=_TIMEOUT_MS)
+async def _group_lag(kafka: KafkaConnection, group: str, topic: str) -> list[PartitionLag]:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=_TIMEOUT_MS)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -56,7 +58,7 @@ async def _group_lag(bootstrap: str, group: str, topic: str) -> list[PartitionLa
     finally:
         await admin.close()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

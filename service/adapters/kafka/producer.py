@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.codec import zstd_encode
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.outgoing import OutgoingRecord
 from service.adapters.kafka.sizes import SizeLimits, fit_dead_letter
 from service.application.errors import DependencyUnavailable, Refused
@@ -112,12 +113,12 @@ class ProducerBroken(Exception):
 class KafkaOutput:
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection,
         limits: SizeLimits | None = None,
         liveness: Liveness | None = None,
         client_id: str = "optout-output",
     ) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._client_id = client_id
         self.limits = limits or SizeLimits()
         self._liveness = liveness or Liveness()
@@ -128,7 +129,7 @@ class KafkaOutput:
 
     def _build(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_kwargs(),
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,

@@ -20,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.outgoing import OutgoingRecord
 from service.application.errors import DependencyUnavailable
 
@@ -48,9 +49,9 @@ def _config_value(response: object, name: str) -> int | None:
     return None
 
 
-async def read_size_limits(bootstrap: str, dead_letter_topic: str) -> SizeLimits:
+async def read_size_limits(kafka: KafkaConnection, dead_letter_topic: str) -> SizeLimits:
     """The broker's ``message.max.bytes`` and the DLQ topic's ``max.message.bytes``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
@@ -109,12 +110,12 @@ class KafkaTopicRetention:
     """The commands topic's ``retention.ms`` (``application/retention``), asked each time:
     an operator may change it while the worker runs."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        self._kafka = kafka
         self._topic = topic
 
     async def retention_seconds(self) -> float | None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**self._kafka.client_kwargs(), request_timeout_ms=10_000)
         try:
             await admin.start()
             try:

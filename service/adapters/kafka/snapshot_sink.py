@@ -16,6 +16,7 @@ from contextlib import suppress
 
 from aiokafka.errors import KafkaError
 
+from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
 from service.adapters.kafka.contract_publisher import event_key
 from service.adapters.kafka.producer import KafkaOutput, OutgoingRecord
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
@@ -31,17 +32,19 @@ class KafkaSnapshotSink:
         self._topic = topic
 
     @classmethod
-    async def started(cls, bootstrap: str, topic: KafkaTopic) -> KafkaSnapshotSink:
+    async def started(cls, kafka: KafkaConnection, topic: KafkaTopic) -> KafkaSnapshotSink:
         """A sink whose producer is started (stop it with ``stop``); Kafka not answering is
         ``DependencyUnavailable``."""
-        output = KafkaOutput(bootstrap, client_id="optout-republish")
+        output = KafkaOutput(kafka, client_id="optout-republish")
         try:
-            await ensure_topics(bootstrap, [topic])
+            await ensure_topics(kafka, [topic])
             await output.start()
         except (KafkaError, OSError, TimeoutError) as exc:
             with suppress(Exception):
                 await output.stop()
-            raise DependencyUnavailable("kafka", type(exc).__name__) from exc
+            why = await explained(kafka, exc)
+            cause = str(why) if isinstance(why, KafkaUnreachable | PermissionError) else None
+            raise DependencyUnavailable("kafka", cause or type(exc).__name__) from exc
         return cls(output, topic.name)
 
     async def stop(self) -> None:

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
+
+from service.adapters.kafka.connection import KafkaConnection
 
 log = structlog.get_logger(__name__)
 
@@ -19,9 +21,13 @@ class KafkaTopic:
     config: dict[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(bootstrap: str, specs: list[KafkaTopic]) -> list[str]:
-    """Create each missing topic; return the names created by this call."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def ensure_topics(kafka: KafkaConnection, specs: list[KafkaTopic]) -> list[str]:
+    """Create each missing topic; return the names created by this call.
+
+    A principal sees only the topics its ACLs let it describe, and may not be allowed to
+    create any: a refusal names the topic and the missing permission in one line.
+    """
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -42,6 +48,11 @@ async def ensure_topics(bootstrap: str, specs: list[KafkaTopic]) -> list[str]:
         for name, code, *_ in response.topic_errors:
             if code == 0:
                 created.append(name)
+            elif code == TopicAuthorizationFailedError.errno:
+                raise PermissionError(
+                    f"topic {name} is missing and this principal may not create it "
+                    "(TopicAuthorizationFailed): create it beforehand or grant CREATE"
+                )
             elif code != TopicAlreadyExistsError.errno:
                 raise RuntimeError(f"creating topic {name} failed with Kafka error code {code}")
         log.info("topics_created", topics=created)
