@@ -22,7 +22,7 @@ from service.entrypoints.import_cli import import_file
 from service.entrypoints.rebuild_commands import cache_app, events_app
 from service.entrypoints.runtime import run_forever
 from service.logging import configure_logging
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 app = typer.Typer(
     help="Opt-out and preference service: Kafka commands in, PostgreSQL + Redis state, "
@@ -36,7 +36,7 @@ app.add_typer(events_app, name="events")
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
