@@ -56,8 +56,12 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=60.0, gt=0)
     catalog_file: Path | None = None
 
+    # The public surface: /v1, the pages and the SMS webhook.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65_535)
+    # The admin surface: /healthz, /readyz, /metrics, /openapi.json, /asyncapi.json.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8081, ge=0, le=65_535)
     # NAME:TOKEN:SCOPES[,...]; a secret, parsed by service.entrypoints.http.security.
     api_tokens: SecretStr = SecretStr("")
     # Larger request bodies are refused (413) before they are read into memory.

@@ -102,24 +102,26 @@ def worker(
             min=1,
             max=64,
             help="Worker processes in one consumer group (one per core); "
-            "process i serves health and metrics on OPTOUT_HTTP_PORT + i.",
+            "process i serves health and metrics on OPTOUT_ADMIN_PORT + i.",
         ),
     ] = 1,
 ) -> None:
-    """Consume commands and apply them; serves /healthz and /readyz."""
+    """Consume commands and apply them; serves only the admin port (/healthz, /readyz,
+    /metrics): a worker has no public route."""
     settings = _settings()
     if processes > 1:
         from service.entrypoints.worker_processes import run_processes
 
-        raise typer.Exit(run_processes(processes, settings.http_port))
+        raise typer.Exit(run_processes(processes, settings.admin_port))
     from service.entrypoints.server import serve
 
-    run_forever(serve(settings, with_worker=True))
+    run_forever(serve(settings, with_worker=True, public=False))
 
 
 @app.command()
 def api() -> None:
-    """HTTP API only (decisions, health); scale it apart from the worker."""
+    """HTTP API only (decisions on the public port, health and metrics on the admin port);
+    scale it apart from the worker."""
     from service.entrypoints.server import serve
 
     run_forever(serve(_settings(), with_worker=False))
@@ -138,8 +140,10 @@ def run(
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     base = f"http://{settings.http_host}:{settings.http_port}"
-    typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
-    typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
+    admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    typer.echo(f"optout: admin {admin}/healthz  {admin}/readyz  {admin}/metrics")
+    typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {admin}/openapi.json")
+    typer.echo("optout: Ctrl-C stops the service")
     try:
         run_forever(serve(settings, with_worker=True, channels_by_default=True))
     finally:

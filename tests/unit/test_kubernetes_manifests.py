@@ -319,6 +319,7 @@ def test_configmap_holds_only_known_non_secret_settings_that_parse(
         monkeypatch.setenv(name, value)
     settings = Settings()  # refuses a value of the wrong type or out of range
     assert settings.http_host == "0.0.0.0"
+    assert settings.admin_host == "0.0.0.0"
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -364,14 +365,19 @@ def test_pods_run_as_the_image_user_locked_down() -> None:
 
 
 def test_probes_and_ports() -> None:
-    port = Settings.model_construct().http_port
+    """Probes on the admin port; the public port only where there is a public surface."""
+    data = _one("ConfigMap", "optout-config")["data"]
+    public, admin = int(data["OPTOUT_HTTP_PORT"]), int(data["OPTOUT_ADMIN_PORT"])
+    assert public != admin
+    ports = {"optout-api": {"http": public, "admin": admin}, "optout-worker": {"admin": admin}}
     for deployment in _deployments():
         pod = deployment["spec"]["template"]["spec"]
         (main,) = pod["containers"]
-        assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": port}
-        assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
+        expected = ports[deployment["metadata"]["name"]]
+        assert {p["name"]: p["containerPort"] for p in main["ports"]} == expected
+        assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert main["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
 
 
 def test_migrations_run_before_the_service_in_the_same_image() -> None:
@@ -442,8 +448,12 @@ def test_services_budgets_and_scrape_select_the_pods() -> None:
     def selects(selector: dict[str, str], name: str) -> bool:
         return bool(selector.items() <= labels[name].items())
 
-    assert selects(_one("Service", "optout-api")["spec"]["selector"], "optout-api")
+    api = _one("Service", "optout-api")["spec"]
+    assert selects(api["selector"], "optout-api")
+    # The API's Service routes the public port only, never the admin surface.
+    assert [p["targetPort"] for p in api["ports"]] == ["http"]
     metrics = _one("Service", "optout-worker-metrics")["spec"]
+    assert [p["targetPort"] for p in metrics["ports"]] == ["admin"]
     assert selects(metrics["selector"], "optout-worker")
     assert metrics["publishNotReadyAddresses"] is True
     for name in ("optout-api", "optout-worker"):
@@ -452,4 +462,4 @@ def test_services_budgets_and_scrape_select_the_pods() -> None:
         monitor = _one("PodMonitor", "optout")["spec"]
         assert selects(monitor["selector"]["matchLabels"], name)
     (endpoint,) = _one("PodMonitor", "optout")["spec"]["podMetricsEndpoints"]
-    assert endpoint == {**endpoint, "port": "http", "path": "/metrics"}
+    assert endpoint == {**endpoint, "port": "admin", "path": "/metrics"}
