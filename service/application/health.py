@@ -28,8 +28,8 @@ class Readiness:
     observers: list[Callable[[dict[str, str | None]], None]] = field(default_factory=list)
     cache_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
-    _last: tuple[float, dict[str, str | None]] | None = field(default=None, repr=False)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _last: tuple[float, dict[str, str | None]] | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     def add(self, name: str, probe: Probe) -> None:
         self.probes[name] = probe

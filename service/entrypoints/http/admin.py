@@ -14,10 +14,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
+from starlette.middleware import Middleware
 
 from service.application.health import Liveness, Readiness
 from service.entrypoints.asyncapi import asyncapi_document
+from service.entrypoints.http.errors import install_error_handlers
+from service.entrypoints.http.limits import BodyLimit
 from service.entrypoints.http.routers import health
+
+ADMIN_MAX_BODY_BYTES = 1_024
 
 
 @cache
@@ -38,7 +43,15 @@ def build_admin_app(
     No HTML viewer is served: one loads its scripts from a CDN, which an admin port should
     not depend on; any OpenAPI viewer opens the document.
     """
-    app = FastAPI(title="optout admin", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="optout admin",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        # Only GETs here: a body is never needed, so none is read past a few bytes.
+        middleware=[Middleware(BodyLimit, max_body_bytes=ADMIN_MAX_BODY_BYTES)],
+    )
+    install_error_handlers(app)
     app.state.readiness = readiness
     app.state.liveness = liveness or Liveness()
     app.state.metrics_registry = metrics_registry
