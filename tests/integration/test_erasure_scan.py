@@ -47,7 +47,8 @@ pytestmark = pytest.mark.integration
 
 KEY = "erasure-scan-identifier-key-0123456789abcdef"
 PHONE = "phone:+14155550123"
-CLEAR = (PHONE, "+14155550123", "14155550123", "4155550123")
+SPELT = "phone:+1 (415) 555-0123"
+CLEAR = (PHONE, "+14155550123", "14155550123", "4155550123", SPELT, "(415) 555-0123")
 
 
 def decoded(value: bytes) -> Command:
@@ -242,7 +243,8 @@ async def test_after_an_erasure_no_row_or_cached_value_gives_the_identifier_back
             web["reason"] = "ticked the box"
             sent.append(decoded(json.dumps(web).encode()))
             assert (await send(client, json.dumps(web).encode()))["status"] == "applied"
-            malformed = {"command_id": "bad-1", "subject_id": PHONE, "changes": "STOP"}
+            # An invalid command naming the number as its producer spelt it.
+            malformed = {"command_id": "bad-1", "subject_id": SPELT, "changes": "STOP"}
             answer = await send(client, json.dumps(malformed).encode())
             assert answer["reason"] == "invalid_payload"
             link = identity("link", "user-5", at(5), identifier=PHONE)
