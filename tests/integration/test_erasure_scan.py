@@ -10,7 +10,7 @@ and looks for:
 - every hash the service computes over it: the content hash and the import id of each
   command sent (as an attacker who knows every other field would recompute them), and of
   each command rebuilt from the surviving fields of every consent-history row with the
-  identifier put back.
+  identifier put back; the ids of the identifier's events (UUIDv5 over it).
 
 A keyless service first processes an SMS STOP and an imported row, as a deployment before
 content hashes were keyed did; then a service with the identifier key takes over, and the
@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from service.application.importing import command_id_for, command_value
 from service.contract.decode import decode_command
 from service.domain.commands import Change, Command, Delivery, Received, Source, content_hash
+from service.domain.events import event_id_for
 from service.domain.keyed_hashes import ImportIds
 from service.entrypoints.server import Service
 from service.settings import Settings
@@ -98,6 +99,10 @@ def needles(
         texts |= hexes
         raws |= raw
     texts |= plain_hashes(sent)
+    # The ids of the identifier's own events (UUIDv5, SHA-1 over tenant, id and version).
+    for version in range(1, 21):
+        event_id = event_id_for("default", PHONE, version)
+        texts |= {event_id, event_id.replace("-", "")}
     texts |= plain_hashes(rebuilt(row) for row in history)
     return texts, raws
 
@@ -261,6 +266,7 @@ async def test_after_an_erasure_no_row_or_cached_value_gives_the_identifier_back
             assert any(f.endswith(f": {PHONE}") for f in before), before
             assert f"processed_commands: {content_hash(sent[0])}" in before
             assert f"consent_history: {old_row.command_id}" in before
+            assert f"preference_events: {event_id_for('default', PHONE, 1)}" in before
             assert not any(new_row.command_id[len("import-k1-") :] in f for f in before)
 
             erase = identity("erase", PHONE, at(10))
