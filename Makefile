@@ -14,7 +14,7 @@ UV_PYTHON := --python $(PYTHON) --no-python-downloads
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint fmt bench chaos fuzz schemas stop clean
+.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint audit fmt bench chaos fuzz schemas stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,12 +57,21 @@ test: migrate ## the whole test suite against the real stack
 test-unit: venv ## fast tests that need no service
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv ## uv.lock up to date, ruff, mypy --strict and the import-linter layer contracts
+lint: venv ## uv.lock up to date, ruff, mypy --strict, the import-linter layer contracts, audit
 	$(UV) lock --check $(UV_PYTHON)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service tests benchmarks
+	$(BIN)/mypy service tests benchmarks tools
 	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory audit
+
+# AUDIT=allow-unaudited: a machine that cannot reach the vulnerability database passes with
+# a warning naming what was not audited (never silently); AUDIT_SERVICE=osv asks OSV instead.
+AUDIT ?= required
+AUDIT_SERVICE ?= pypi
+audit: venv ## known vulnerabilities in uv.lock (pip-audit); exceptions: deploy/pip-audit-accepted.toml
+	$(BIN)/python tools/dependency_audit.py --uv $(UV) --service $(AUDIT_SERVICE) \
+		--accepted deploy/pip-audit-accepted.toml $(if $(filter allow-unaudited,$(AUDIT)),--allow-unaudited)
 
 fmt: venv ## format the code
 	$(BIN)/ruff format .

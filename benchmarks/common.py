@@ -574,6 +574,7 @@ class Isolation:
                 "topic_dlq": f"bench.{u}.dlq",
                 "consumer_group": f"bench.{u}.worker",
                 "http_port": free_port(),
+                "admin_port": free_port(),
                 "log_format": "json",
             }
         )

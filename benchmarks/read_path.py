@@ -151,7 +151,8 @@ async def _http_path(settings: Settings, ids: list[str], rng: random.Random) -> 
 
         await _timed(check, 100)  # warm-up
         api = await _timed(check, HTTP_CHECKS)
-        baseline = await _timed(lambda: http.get("/healthz"), HTTP_CHECKS)
+        admin = f"http://127.0.0.1:{settings.admin_port}/healthz"
+        baseline = await _timed(lambda: http.get(admin), HTTP_CHECKS)
     return {
         "get_check": api,
         "baseline_healthz": baseline,

@@ -169,7 +169,7 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
     same processes, warm."""
     plan = run.plan
     isolation = Isolation(uuid.uuid4().hex[:10])
-    service = isolation.service_settings(base).model_copy(update={"http_port": 0})
+    service = isolation.service_settings(base).model_copy(update={"http_port": 0, "admin_port": 0})
     passthrough, passthrough_out = isolation.passthrough_settings(base)
     throughput = run.measurements["throughput"]
     pt_child: Child | None = None
@@ -334,7 +334,7 @@ def _say_latency(who: str, figures: dict[str, Any], path: str) -> None:
 
 async def _more_workers(run: Run, base: Settings, backlog: list[Any], count: int) -> None:
     isolation = Isolation(uuid.uuid4().hex[:10])
-    service = isolation.service_settings(base).model_copy(update={"http_port": 0})
+    service = isolation.service_settings(base).model_copy(update={"http_port": 0, "admin_port": 0})
     try:
         await isolation.prepare_schema(service)
         await ensure_topics(KafkaConnection(base.kafka_bootstrap), contract_topics(service))

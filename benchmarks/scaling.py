@@ -79,6 +79,7 @@ async def _tier(
             "database_schema": store.database_schema,
             "redis_prefix": store.redis_prefix,
             "http_port": 0,
+            "admin_port": 0,
         }
     )
     cleanups.append((tier, settings))

@@ -10,8 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_KEY_BYTES = 32
+"""The shortest secret key accepted (256 bits, HMAC-SHA256's own strength)."""
 
 
 class Settings(BaseSettings):
@@ -64,8 +67,12 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=60.0, gt=0)
     catalog_file: Path | None = None
 
+    # The public surface: /v1, the pages and the SMS webhook.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65_535)
+    # The admin surface: /healthz, /readyz, /metrics, /openapi.json, /asyncapi.json.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8081, ge=0, le=65_535)
     # NAME:TOKEN:SCOPES[,...]; a secret, parsed by service.entrypoints.http.security.
     api_tokens: SecretStr = SecretStr("")
     # Larger request bodies are refused (413) before they are read into memory.
@@ -134,6 +141,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
 
+    @field_validator("identifier_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw and len(raw.encode()) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -base64 48`)"
+            )
+        return value
+
     def as_environment(self) -> dict[str, str]:
         """These settings as ``OPTOUT_*`` variables, for starting another process with them."""
         env = {}
@@ -151,3 +168,17 @@ class Settings(BaseSettings):
     @cached_property
     def redis_dsn(self) -> str:
         return self.redis_url.get_secret_value()
+
+
+def load_settings(command: str = "optout") -> Settings:
+    """The settings from the environment; an invalid one ends the process with one line
+    per setting, naming it and why, never its value (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "OPTOUT_" + "_".join(str(part) for part in error["loc"]).upper()
+            reason = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{command}: {name} {reason}")
+        raise SystemExit("\n".join(lines)) from None

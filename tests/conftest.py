@@ -54,6 +54,7 @@ async def settings(endpoints: Endpoints, unique: str) -> AsyncIterator[Settings]
         topic_partitions=3,
         consumer_group=f"g.{unique}",
         http_port=free_port(),
+        admin_port=free_port(),
         log_format="console",
     )
     conn = await asyncpg.connect(endpoints.database_url)

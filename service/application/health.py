@@ -18,15 +18,30 @@ Probe = Callable[[], Awaitable[str | None]]
 
 @dataclass
 class Readiness:
+    """The probes, run at most once per `cache_s`: `/readyz` and `/metrics` answer from the
+    last run meanwhile (concurrent callers share one run), so neither can be used to hammer
+    the dependencies."""
+
     probes: dict[str, Probe] = field(default_factory=dict)
     timeout_s: float = 2.0
     failing_since: dict[str, float] = field(default_factory=dict)
     observers: list[Callable[[dict[str, str | None]], None]] = field(default_factory=list)
+    cache_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _last: tuple[float, dict[str, str | None]] | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     def add(self, name: str, probe: Probe) -> None:
         self.probes[name] = probe
+        self._last = None
 
     async def check(self) -> dict[str, str | None]:
+        async with self._lock:
+            if self._last is None or self.clock() - self._last[0] >= self.cache_s:
+                self._last = (self.clock(), await self._probe())
+            return dict(self._last[1])
+
+    async def _probe(self) -> dict[str, str | None]:
         async def run(probe: Probe) -> str | None:
             try:
                 return await asyncio.wait_for(probe(), self.timeout_s)

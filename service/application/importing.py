@@ -18,8 +18,10 @@ Three formats, told apart by their header (``sniff``):
 
 Re-running an import must be harmless, so a row's `command_id` is a hash of everything the
 command says (``command_id_for``): the same row gives the same command, which the worker
-answers `duplicate`. The time a row states is part of that content, so a row without one
-takes a fixed fallback time (given, or recorded at the first run), never "now".
+answers `duplicate`. The hash is keyed (``keyed_hashes.ImportIds``, from the identifier
+key): an id that survives an erasure cannot be recomputed from a guessed address. The time a
+row states is part of that content, so a row without one takes a fixed fallback time (given,
+or recorded at the first run), never "now".
 
 Nothing here logs or prints a row's values: a rejection names its line and a reason code.
 """
@@ -47,6 +49,7 @@ from service.domain.identifiers import (
     InvalidIdentifier,
     normalize,
 )
+from service.domain.keyed_hashes import ImportIds
 from service.domain.model import WILDCARD, Action
 from service.domain.validation import validate
 
@@ -54,7 +57,6 @@ Format = Literal["csv", "sendgrid", "mailchimp"]
 FORMATS: tuple[Format, ...] = ("csv", "sendgrid", "mailchimp")
 
 SOURCE_CHANNEL = "import"
-COMMAND_ID_PREFIX = "import-"
 MAX_SUBJECT_CHARS = 256
 MAX_REASON_CHARS = 500
 MAX_APP_CHARS = 128
@@ -267,14 +269,14 @@ def local_instant(text: str, zone: tzinfo) -> datetime:
     return moment
 
 
-def command_id_for(command: Command) -> str:
-    """`import-` and the hash of everything the command says (its id left out).
+def command_id_for(command: Command, ids: ImportIds) -> str:
+    """`import-k1-` and the keyed hash of everything the command says (its id left out).
 
     Equal rows give equal ids, so a re-run is answered `duplicate`; a row whose content
     differs in anything (time, topic, reason, ...) gets another id, never a
     `command_id_conflict`.
     """
-    return COMMAND_ID_PREFIX + content_hash(dataclasses.replace(command, command_id=""))
+    return ids(content_hash(dataclasses.replace(command, command_id="")))
 
 
 def command_value(command: Command) -> bytes:
@@ -315,8 +317,10 @@ class RowMapper:
         *,
         fallback_time: datetime,
         max_future: timedelta,
+        ids: ImportIds,
     ) -> None:
         self.format = fmt
+        self._ids = ids
         self._plan = _plan(fmt, header)
         self._options = options
         self._catalog = catalog
@@ -383,7 +387,7 @@ class RowMapper:
         if problem is not None:
             return Rejected(line, problem[0], problem[1])
         # As `command_id_for`, without copying the command (a row's largest cost).
-        command_id = COMMAND_ID_PREFIX + content_hash(unnamed)
+        command_id = self._ids(content_hash(unnamed))
         return Command(command_id, subject, tenant, occurred_at, source, changes, reason)
 
     def _subject(self, raw: str) -> str | tuple[str, str]:

@@ -75,6 +75,25 @@ class ToSave:
     processed_outcomes: Sequence[bytes]  # one per `result.processed`, in its order
 
 
+@dataclass(frozen=True, slots=True)
+class UnkeyedHashes:
+    """Hashes of before keying in an erased person's rows (``domain/keyed_hashes.py``):
+    processed commands (tenant, command id, content hash) whose hash is plain or whose id
+    is a plain import id, and the plain import ids their history and events name."""
+
+    processed: Sequence[tuple[str, str, str]]
+    import_ids: Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyedHashes:
+    """Their keyed forms: per processed command (tenant, command id, new id, new content
+    hash), per import id (tenant, old id, new id)."""
+
+    processed: Sequence[tuple[str, str, str, str]]
+    import_ids: Sequence[tuple[str, str, str]]
+
+
 class CommandUnitOfWork(Protocol):
     """One transaction: `load` locks and reads, `save` writes; commit on a clean exit only."""
 
@@ -101,6 +120,15 @@ class CommandUnitOfWork(Protocol):
         ...
 
     async def save(self, batch: ToSave) -> None: ...
+
+    async def unkeyed_of(self, names: Sequence[SubjectKey]) -> UnkeyedHashes:
+        """After `save`: the hashes of before keying in the rows of `names` (every id of
+        the erased persons, before and after erasure)."""
+        ...
+
+    async def rekey(self, names: Sequence[SubjectKey], rekeyed: RekeyedHashes) -> None:
+        """Replace those hashes by their keyed forms, in the rows of `names` only."""
+        ...
 
 
 class TombstoneLog(Protocol):

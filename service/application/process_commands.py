@@ -30,6 +30,7 @@ from service.application.ports import (
     UnitOfWorkFactory,
 )
 from service.application.records import RawRecord
+from service.application.rekey_erased import rekey_erased
 from service.application.telemetry import NO_TELEMETRY, LaneFigures, PipelineTelemetry
 from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import encode_events, outcome_json
@@ -38,6 +39,7 @@ from service.domain.catalog import Catalog
 from service.domain.commands import Delivery, Malformed, Received, content_hash
 from service.domain.events import Outcome
 from service.domain.identifiers import is_identifier, pseudonym
+from service.domain.keyed_hashes import ContentSeal, ErasureRekeying
 from service.domain.model import SubjectKey
 
 log = structlog.get_logger(__name__)
@@ -198,8 +200,12 @@ class ProcessCommands:
     ) -> None:
         self._telemetry = telemetry
         self._pseudonym: Pseudonym | None = None
+        self._seal: ContentSeal | None = None
+        self._rekeying: ErasureRekeying | None = None
         if identifier_key:
             key = identifier_key
+            self._seal = ContentSeal.from_root(key)
+            self._rekeying = ErasureRekeying.from_root(key)
 
             def hashed(subject: SubjectKey) -> SubjectKey:
                 return SubjectKey(
@@ -330,9 +336,12 @@ class ProcessCommands:
                 max_future=self._max_future,
                 pseudonym=hashed,
                 forwarders=loaded.forwarders,
+                seal=self._seal,
             )
             outputs = encode_outputs(result, loaded)
             await uow.save(outputs.to_save)
+            if result.erasures and self._rekeying is not None:
+                await rekey_erased(uow, result.erasures, self._rekeying)
         return outputs
 
     async def _store_lane(

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from service.contract.storable import is_storable_text
 from service.contract.v1 import TENANT_PATTERN, CommandV1
 from service.domain.commands import Delivery, Malformed, Received
+from service.domain.identifiers import InvalidIdentifier, is_identifier, normalize
 
 _MAX_ERRORS_IN_DETAIL = 5
 _TENANT = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"))
@@ -59,6 +60,18 @@ def _text(document: dict[str, Any], name: str, max_length: int) -> str | None:
     if isinstance(value, str) and 1 <= len(value) <= max_length and is_storable_text(value):
         return value
     return None
+
+
+def _subject(document: dict[str, Any]) -> str | None:
+    """An invalid command's subject, normalised when it is a valid identifier: the answer is
+    stored under it, and an erasure of the identifier must find (and rewrite) it."""
+    value = _text(document, "subject_id", 256)
+    if value is not None and is_identifier(value):
+        try:
+            return normalize(value)
+        except InvalidIdentifier:
+            return value
+    return value
 
 
 def _tenant(document: dict[str, Any]) -> str:
@@ -120,7 +133,7 @@ def decode_command(
             digest = hashlib.sha256(value).hexdigest()
         return Malformed(
             command_id=command_id,
-            subject_id=_text(document, "subject_id", 256),
+            subject_id=_subject(document),
             tenant=_tenant(document),
             detail=_summarise(exc),
             delivery=delivery,

@@ -36,6 +36,9 @@ CommandKey = tuple[str, str]
 Pseudonym = Callable[[SubjectKey], SubjectKey]
 """The key of an identifier's erased suppression (``identifiers.pseudonym`` under the key)."""
 
+Seal = Callable[[str], str]
+"""The stored, keyed form of a content hash (``keyed_hashes.ContentSeal``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessedRecord:
@@ -122,6 +125,7 @@ class _Batch:
         max_future: timedelta,
         pseudonym: Pseudonym | None,
         forwarders: Mapping[SubjectKey, Sequence[str]],
+        seal: Seal | None = None,
     ) -> None:
         self.catalog = catalog
         self.base_states = states
@@ -131,6 +135,7 @@ class _Batch:
         self.max_future = max_future
         self.pseudonym = pseudonym
         self.forwarders = forwarders
+        self.seal = seal
         self.result = BatchResult()
         self.new_processed: dict[CommandKey, ProcessedRecord] = {}
         self.merged_away: list[SubjectKey] = []
@@ -209,10 +214,14 @@ class _Batch:
             self.answer(self.superseded(record))
             return
 
-        digest = (
+        plain = (
             record.content_hash if isinstance(record, Malformed) else content_hash(record.command)
         )
+        # What is stored is keyed (keyed_hashes.py), so it names no one once erased.
+        digest = plain if self.seal is None else self.seal(plain)
         if prior is not None and prior.outcome.status != "rejected":
+            if prior.content_hash == plain:
+                digest = plain  # stored before content hashes were keyed: the same content
             self.answer(self.repeat(prior, digest, command_id, tenant, subject_id))
             return
         # New, or a retry of a rejected id (a producer may fix a command and resend it).
@@ -868,6 +877,7 @@ def apply_batch(
     max_future: timedelta,
     pseudonym: Pseudonym | None = None,
     forwarders: Mapping[SubjectKey, Sequence[str]] | None = None,
+    seal: Seal | None = None,
 ) -> BatchResult:
     """Apply a batch of records in order and return everything to persist and publish.
 
@@ -879,10 +889,19 @@ def apply_batch(
     Identity commands need more: the stored state of every id they name and of every
     forward's target, the suppression of every identifier that has one (`pseudonym` names
     it; without it nothing can be erased), and for an erasure the ids forwarding to each
-    subject (`forwarders`, by subject).
+    subject (`forwarders`, by subject). `seal` keys the content hashes it stores; a stored
+    hash of before keying still matches the same content.
     """
     batch = _Batch(
-        catalog, states, processed, now, effective_at, max_future, pseudonym, forwarders or {}
+        catalog,
+        states,
+        processed,
+        now,
+        effective_at,
+        max_future,
+        pseudonym,
+        forwarders or {},
+        seal,
     )
     for record in records:
         batch.handle(record)

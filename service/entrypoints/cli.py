@@ -24,7 +24,7 @@ from service.entrypoints.links_cli import links_app
 from service.entrypoints.rebuild_commands import cache_app, events_app
 from service.entrypoints.runtime import run_forever
 from service.logging import configure_logging
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 app = typer.Typer(
     help="Opt-out and preference service: Kafka commands in, PostgreSQL + Redis state, "
@@ -41,7 +41,7 @@ app.add_typer(links_app, name="links")
 def _settings(*, kafka: bool = False) -> Settings:
     """The settings; for a command that talks to Kafka (`kafka`), its security settings are
     checked first (one line and exit 2 when they do not fit together)."""
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     _check_link_keys(settings)
     if kafka:
@@ -140,24 +140,26 @@ def worker(
             min=1,
             max=64,
             help="Worker processes in one consumer group (one per core); "
-            "process i serves health and metrics on OPTOUT_HTTP_PORT + i.",
+            "process i serves health and metrics on OPTOUT_ADMIN_PORT + i.",
         ),
     ] = 1,
 ) -> None:
-    """Consume commands and apply them; serves /healthz and /readyz."""
+    """Consume commands and apply them; serves only the admin port (/healthz, /readyz,
+    /metrics): a worker has no public route."""
     settings = _settings(kafka=True)
     if processes > 1:
         from service.entrypoints.worker_processes import run_processes
 
-        raise typer.Exit(run_processes(processes, settings.http_port))
+        raise typer.Exit(run_processes(processes, settings.admin_port))
     from service.entrypoints.server import serve
 
-    run_forever(serve(settings, with_worker=True))
+    run_forever(serve(settings, with_worker=True, public=False))
 
 
 @app.command()
 def api() -> None:
-    """HTTP API only (decisions, health); scale it apart from the worker."""
+    """HTTP API only (decisions on the public port, health and metrics on the admin port);
+    scale it apart from the worker."""
     from service.entrypoints.server import serve
 
     run_forever(serve(_settings(kafka=True), with_worker=False))
@@ -176,8 +178,10 @@ def run(
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     base = f"http://{settings.http_host}:{settings.http_port}"
-    typer.echo(f"optout: {base}/healthz  {base}/readyz  (Ctrl-C stops the service)")
-    typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {base}/openapi.json")
+    admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    typer.echo(f"optout: admin {admin}/healthz  {admin}/readyz  {admin}/metrics")
+    typer.echo(f"optout: API {base}/v1/subjects/{{subject_id}}/check  OpenAPI {admin}/openapi.json")
+    typer.echo("optout: Ctrl-C stops the service")
     try:
         run_forever(serve(settings, with_worker=True, channels_by_default=True))
     finally:

@@ -1,15 +1,20 @@
 """The proof-of-consent export as JSON and CSV, the same for the HTTP API and the CLI.
 
 Erased fields are never shown as merely empty: JSON leaves them null and lists them in
-`erased_fields`; CSV writes `erased` in their cells. CSV is meant to be opened in a
-spreadsheet, so a cell that a spreadsheet would run as a formula is defused with a leading
-`'` (OWASP "CSV injection"): every cell holds text a person or an app chose.
+`erased_fields`; CSV writes exactly `erased` in their cells, and no stored value is ever
+written so (see ``csv_cell``).
+
+CSV is meant to be opened in a spreadsheet, so a cell that a spreadsheet would run as a
+formula is defused with a leading `'` (OWASP "CSV injection"): every cell holds text a person
+or an app chose. A cell starting with `'` always means "the rest is the value as stored":
+one `'` removed gives it back, whatever it was.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -23,11 +28,29 @@ from service.application.history import (
 )
 
 ERASED = "erased"
-"""What a CSV cell holds when erasure removed its value."""
+"""What a CSV cell holds when erasure removed its value; a stored value never reads so."""
 
-# Characters a spreadsheet treats as the start of a formula (and tab and carriage return,
-# which some strip before looking).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARK = "'"
+"""The leading mark of a cell written as text: the value follows, unchanged."""
+
+# Characters a spreadsheet treats as the start of a formula, their full-width forms (some
+# spreadsheets fold them to ASCII before parsing), and tab, carriage return and line feed,
+# which some strip before looking.
+_FORMULA_STARTS = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\n",
+    "\uff1d",  # FULLWIDTH EQUALS SIGN
+    "\uff0b",  # FULLWIDTH PLUS SIGN
+    "\uff0d",  # FULLWIDTH HYPHEN-MINUS
+    "\uff20",  # FULLWIDTH COMMERCIAL AT
+)
+# Spaces a spreadsheet may skip before it looks for a formula.
+_LEADING_SPACES = " \u00a0\u3000"
 
 CSV_COLUMNS = (
     "id",
@@ -147,13 +170,25 @@ class HistoryOut(BaseModel):
 
 
 def csv_cell(value: str | int | datetime | None) -> str:
-    """The text of one cell: empty for nothing, ISO 8601 in UTC for times, formulas defused."""
+    """The text of one cell: empty for nothing, ISO 8601 in UTC for times, formulas defused.
+
+    A value gets a leading `'` when a spreadsheet could run it (it starts with a formula
+    character, after spaces or not), when it starts with `'` itself (so the mark is never
+    ambiguous), and when it reads `erased` (any case or width, spaces around): only an erased
+    field's cell is exactly `erased`.
+    """
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     text = str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+    if (
+        text.startswith(TEXT_MARK)
+        or text.lstrip(_LEADING_SPACES).startswith(_FORMULA_STARTS)
+        or unicodedata.normalize("NFKC", text).strip().casefold() == ERASED
+    ):
+        return TEXT_MARK + text
+    return text
 
 
 def csv_rows(records: Iterable[ConsentRecord]) -> Iterable[list[str]]:

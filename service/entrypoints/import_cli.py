@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import secrets
 import signal
 import sys
 import time
@@ -116,9 +117,9 @@ def import_file(
     from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
     from service.application.importing import ImportRefused
     from service.logging import configure_logging
-    from service.settings import Settings
+    from service.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings("optout import")
     configure_logging(settings.log_level, settings.log_format)
     try:
         KafkaConnection.from_settings(settings)
@@ -292,7 +293,9 @@ def _run(
     from service.application.errors import DependencyUnavailable
     from service.application.import_run import ImportRun
     from service.application.importing import ImportRefused, RowMapper
+    from service.domain.keyed_hashes import ImportIds
 
+    key = settings.identifier_key.get_secret_value().encode()
     try:
         mapper = RowMapper(
             job.format,  # type: ignore[arg-type]
@@ -301,9 +304,17 @@ def _run(
             configured_catalog(settings.catalog_file),
             fallback_time=job.checkpoint.fallback_time,
             max_future=timedelta(seconds=settings.max_future_seconds),
+            # A dry run sends nothing: its ids are never seen, any key will do.
+            ids=ImportIds.from_root(key or secrets.token_bytes(32)),
         )
     except (ImportRefused, ValueError) as exc:
         _say(str(exc))
+        return _Outcome(None, EXIT_USAGE)
+    if not key and not dry_run:
+        _say(
+            "OPTOUT_IDENTIFIER_KEY is not set: imported rows' command ids are keyed hashes"
+            " under it (the service's own key, at least 32 bytes)"
+        )
         return _Outcome(None, EXIT_USAGE)
     resuming = job.checkpoint.line > 1
     if resuming:

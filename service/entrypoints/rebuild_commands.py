@@ -28,7 +28,7 @@ from service.application.subject_pages import Scope, Tally
 from service.bootstrap import cache_rebuilder, host_port, snapshot_republisher
 from service.entrypoints.progress_display import ProgressDisplay, duration, subjects
 from service.logging import configure_logging
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 cache_app = typer.Typer(help="The Redis cache of subject states.", no_args_is_help=True)
 events_app = typer.Typer(help="The compacted preferences topic.", no_args_is_help=True)
@@ -119,7 +119,7 @@ def republish(tenant: Tenant = None, batch: Batch = 1000) -> None:
 def _settings(*, kafka: bool = False) -> Settings:
     from service.adapters.kafka.connection import KafkaConnection, KafkaSecurityError
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
         if kafka:

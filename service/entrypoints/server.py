@@ -11,11 +11,13 @@ import signal
 import socket
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
+from typing import Any
 
 import structlog
 import uvicorn
 
 from service.bootstrap import Container, build_container
+from service.entrypoints.http.admin import build_admin_app
 from service.entrypoints.http.app import build_http_app
 from service.entrypoints.http.channels import ChannelsConfig, load_texts
 from service.entrypoints.http.security import Authenticator, parse_tokens
@@ -47,54 +49,64 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class Service:
+    """The process: its container, and its HTTP servers.
+
+    The admin server (``OPTOUT_ADMIN_HOST:OPTOUT_ADMIN_PORT``: health, readiness, metrics,
+    the API's documents) always runs; the public one (``OPTOUT_HTTP_HOST:OPTOUT_HTTP_PORT``:
+    ``/v1``, pages, SMS webhook) with ``public`` (``optout api`` and ``optout run``; a worker
+    alone serves no public route).
+    """
+
     def __init__(
-        self, settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+        self,
+        settings: Settings,
+        *,
+        with_worker: bool,
+        channels_by_default: bool = False,
+        public: bool = True,
     ) -> None:
         self.settings = settings
         self.with_worker = with_worker
         self.channels_by_default = channels_by_default
+        self.public = public
         self._stack = AsyncExitStack()
-        self._server: uvicorn.Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self._stop_requested = False
         self.container: Container | None = None
 
     async def __aenter__(self) -> Service:
+        settings = self.settings
         try:
-            self.container = await build_container(
-                self.settings,
+            self.container = container = await build_container(
+                settings,
                 self._stack,
                 with_worker=self.with_worker,
                 channels_by_default=self.channels_by_default,
             )
-            auth = Authenticator(parse_tokens(self.settings.api_tokens.get_secret_value()))
-            if not len(auth):
-                log.warning("api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401")
-            app = build_http_app(
-                self.container.readiness,
-                self.container.decisions,
-                auth,
-                max_body_bytes=self.settings.http_max_body_bytes,
-                liveness=self.container.liveness,
-                metrics_registry=self.container.metrics.registry,
-                channels=self._channels(self.container),
-                history=self.container.history,
-                throttle=self.container.throttle,
+            openapi = None
+            if self.public:
+                auth = Authenticator(parse_tokens(settings.api_tokens.get_secret_value()))
+                if not len(auth):
+                    log.warning(
+                        "api_no_tokens", detail="OPTOUT_API_TOKENS is empty: /v1 answers 401"
+                    )
+                app = build_http_app(
+                    container.decisions,
+                    auth,
+                    max_body_bytes=settings.http_max_body_bytes,
+                    channels=self._channels(container),
+                    history=container.history,
+                    throttle=container.throttle,
+                )
+                openapi = app.openapi
+                await self._start_server(app, settings.http_host, settings.http_port)
+            admin = build_admin_app(
+                container.readiness,
+                liveness=container.liveness,
+                metrics_registry=container.metrics.registry,
+                openapi=openapi,
             )
-            config = uvicorn.Config(
-                app,
-                host=self.settings.http_host,
-                port=self.settings.http_port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-            self._server = uvicorn.Server(config)
-            self._server.should_exit = self._stop_requested
-            listener = _listen(self.settings.http_host, self.settings.http_port)
-            # serve() closes the listener when it stops.
-            self._http_task = asyncio.create_task(self._server.serve(sockets=[listener]))
-            await self._until_serving()
+            await self._start_server(admin, settings.admin_host, settings.admin_port)
         except BaseException:
             await self._stop_http()
             await self._stack.aclose()
@@ -102,9 +114,26 @@ class Service:
         log.info(
             "service_started",
             worker=self.with_worker,
-            http=f"http://{self.settings.http_host}:{self.settings.http_port}",
+            http=f"http://{settings.http_host}:{settings.http_port}" if self.public else None,
+            admin=f"http://{settings.admin_host}:{settings.admin_port}",
         )
         return self
+
+    async def _start_server(self, app: Any, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        server.should_exit = self._stop_requested
+        listener = _listen(host, port)
+        # serve() closes the listener when it stops.
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        self._servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.005)
 
     def _channels(self, container: Container) -> ChannelsConfig | None:
         if container.channels is None:
@@ -127,29 +156,25 @@ class Service:
             throttle=container.throttle,
         )
 
-    async def _until_serving(self) -> None:
-        assert self._server is not None
-        assert self._http_task is not None
-        while not self._server.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise RuntimeError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.005)
-
     async def wait(self) -> None:
-        assert self._http_task is not None
-        await self._http_task
+        """Until a server stops (a stop was requested, or one failed); then the others."""
+        tasks = [task for _, task in self._servers]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        self.request_stop()
+        for task in tasks:
+            await task
 
     def request_stop(self) -> None:
         self._stop_requested = True
-        if self._server is not None:
-            self._server.should_exit = True
+        for server, _ in self._servers:
+            server.should_exit = True
 
     async def _stop_http(self) -> None:
         self.request_stop()
-        if self._http_task is not None and not self._http_task.done():
-            with suppress(Exception):
-                await self._http_task
+        for _, task in self._servers:
+            if not task.done():
+                with suppress(Exception):
+                    await task
 
     async def __aexit__(
         self,
@@ -160,15 +185,19 @@ class Service:
         log.info("service_stopping")
         self.request_stop()
         try:
-            if self._http_task is not None:
-                await self._http_task
+            for _, task in self._servers:
+                await task
         finally:
             await self._stack.aclose()
         log.info("service_stopped")
 
 
 async def serve(
-    settings: Settings, *, with_worker: bool, channels_by_default: bool = False
+    settings: Settings,
+    *,
+    with_worker: bool,
+    channels_by_default: bool = False,
+    public: bool = True,
 ) -> None:
     """Run until SIGINT or SIGTERM, then stop consuming, finish the batch and close.
 
@@ -178,7 +207,12 @@ async def serve(
     which would kill the process before the worker's exit stack unwinds.
     """
     loop = asyncio.get_running_loop()
-    service = Service(settings, with_worker=with_worker, channels_by_default=channels_by_default)
+    service = Service(
+        settings,
+        with_worker=with_worker,
+        channels_by_default=channels_by_default,
+        public=public,
+    )
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, service.request_stop)

@@ -3,7 +3,7 @@
 Python runs one thread of bytecode at a time, so one worker process uses one core however
 many lanes it runs. N processes join the same consumer group and share the partitions (each
 process owns its partitions alone, so the per-subject order and the offset discipline are
-those of a single worker). Process i serves its health and metrics on `OPTOUT_HTTP_PORT + i`
+those of a single worker). Process i serves its health and metrics on `OPTOUT_ADMIN_PORT + i`
 (or a free port each when the port is 0).
 
 The supervisor does not restart a process that dies: it stops the others and exits with that
@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 _START = "from service.entrypoints.cli import app; app()"
 
 
-def run_processes(count: int, http_port: int) -> int:
+def run_processes(count: int, admin_port: int) -> int:
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -43,7 +43,7 @@ def run_processes(count: int, http_port: int) -> int:
     signal.signal(signal.SIGINT, forward)
     for index in range(count):
         env = dict(os.environ)
-        env["OPTOUT_HTTP_PORT"] = str(http_port + index if http_port else 0)
+        env["OPTOUT_ADMIN_PORT"] = str(admin_port + index if admin_port else 0)
         children.append(subprocess.Popen([sys.executable, "-c", _START, "worker"], env=env))  # noqa: S603
     log.info("worker_processes_started", processes=count, pids=[c.pid for c in children])
     status = 0

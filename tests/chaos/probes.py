@@ -64,6 +64,7 @@ def probe_settings(base: Settings, name: str) -> Settings:
             "batch_max_records": 50,
             "retry_backoff_max_seconds": 0.5,
             "http_port": free_port(),
+            "admin_port": free_port(),
             "log_format": "json",
         }
     )
@@ -74,7 +75,7 @@ async def _ready(settings: Settings, within_s: float) -> bool:
     async with httpx.AsyncClient(timeout=1) as http:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                url = f"http://127.0.0.1:{settings.http_port}/readyz"
+                url = f"http://127.0.0.1:{settings.admin_port}/readyz"
                 if (await http.get(url)).status_code == 200:
                     return True
             await asyncio.sleep(0.2)

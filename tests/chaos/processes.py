@@ -111,6 +111,7 @@ class ApiProcess:
     log_dir: Path
     token: str
     port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,6 +121,7 @@ class ApiProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = worker_env(self.settings)
         env["OPTOUT_HTTP_PORT"] = str(self.port)
+        env["OPTOUT_ADMIN_PORT"] = str(self.admin_port)
         env["OPTOUT_API_TOKENS"] = f"chaos:{self.token}:read"
         with open(self.log_dir / "api.log", "ab") as log:
             return subprocess.Popen(
@@ -138,7 +140,8 @@ class ApiProcess:
                 if self.process.poll() is not None:
                     raise RuntimeError("optout api exited at start (see api.log)")
                 try:
-                    if (await http.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
+                    admin = f"http://127.0.0.1:{self.admin_port}/healthz"
+                    if (await http.get(admin, timeout=1)).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass

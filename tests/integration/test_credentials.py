@@ -15,7 +15,6 @@ import pytest
 from pydantic import SecretStr
 
 from service.application.decisions import DecisionService
-from service.application.health import Readiness
 from service.application.history import ConsentHistory
 from service.domain.catalog import DEFAULT_CATALOG
 from service.entrypoints.http.app import build_http_app
@@ -26,7 +25,7 @@ from tests.support.contract_client import at, command
 
 pytestmark = pytest.mark.integration
 
-SCOPES = ("check", "history", "write", "identity")
+SCOPES = ("check", "history", "write", "identity", "admin")
 SUBJECT = "cred-subject"
 
 
@@ -37,11 +36,12 @@ def secret(name: str) -> str:
 def token_spec() -> str:
     entries = [
         f"a-admin:{secret('a-admin')}:admin:a",
-        f"b-all:{secret('b-all')}:check+history+write+identity:b",
+        f"b-all:{secret('b-all')}:admin:b",
+        f"ops:{secret('ops')}:admin:*",
         f"ab-all:{secret('ab-all')}:check+history+write+identity:a+b",
     ]
     for missing in SCOPES:
-        held = "+".join(s for s in SCOPES if s != missing)
+        held = "+".join(s for s in SCOPES if s not in (missing, "admin"))
         entries.append(f"a-no-{missing}:{secret('a-no-' + missing)}:{held}:a")
     return ",".join(entries)
 
@@ -95,6 +95,8 @@ def calls(tenant: str | None) -> list[Call]:
             "makeLink", "write", "POST", "/v1/links",
             body={"subject_id": SUBJECT, "topic": "marketing", **named},
         ),
+        # Revoking names no tenant: an operator of every tenant only.
+        Call("revokeLink", "admin", "POST", "/v1/links/revoke", body={"link": "m-0123456789"}),
     ]  # fmt: skip
 
 
@@ -103,7 +105,7 @@ def test_the_matrix_covers_every_v1_operation() -> None:
     decisions = DecisionService(DEFAULT_CATALOG, None, None, None)  # type: ignore[arg-type]
     channels = ChannelsConfig.__new__(ChannelsConfig)
     history = ConsentHistory.__new__(ConsentHistory)
-    app = build_http_app(Readiness(), decisions, channels=channels, history=history)
+    app = build_http_app(decisions, channels=channels, history=history)
     operations = {
         operation["operationId"]
         for path, item in app.openapi()["paths"].items()
@@ -156,6 +158,8 @@ async def test_other_tenants_and_missing_scopes_are_refused_and_write_nothing(
     # A token of several tenants must name one; a token of one tenant acts for it.
     async with http_client(base, secret("ab-all")) as several:
         for call in calls(None):
+            if call.operation == "revokeLink":
+                continue  # names no tenant at all: only an operator of every tenant
             answer = await send(several, call)
             assert (answer.status_code, answer.json()["error"]) == (422, "tenant_required")
     assert await published(service) == before
@@ -163,13 +167,17 @@ async def test_other_tenants_and_missing_scopes_are_refused_and_write_nothing(
     # Positive control: the same calls with the right token go through, and publish.
     async with http_client(base, secret("a-admin")) as admin:
         for call in calls(None):
-            if call.operation == "getHistory":
-                continue  # the subject has no history until the worker applied a command
+            if call.operation in ("getHistory", "revokeLink"):
+                continue  # no history before the worker applied a command; revoking: below
             answer = await send(admin, call)
             assert answer.status_code in (200, 202), (call, answer.text)
             if call.operation in ("getPreferences", "check"):
                 assert answer.json()["tenant"] == "a"
     assert await published(service) == before + 3
+    async with http_client(base, secret("ops")) as ops:
+        [revoke] = [c for c in calls(None) if c.operation == "revokeLink"]
+        answer = await send(ops, revoke)
+        assert answer.status_code == 200, answer.text
 
 
 async def test_the_history_names_the_token_that_wrote_each_change(service: Settings) -> None:

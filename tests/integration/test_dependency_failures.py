@@ -37,7 +37,7 @@ def batch_of(prefix: str, n: int) -> list[dict[str, Any]]:
 
 async def readyz(settings: Settings) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient() as http:
-        r = await http.get(f"http://127.0.0.1:{settings.http_port}/readyz")
+        r = await http.get(f"http://127.0.0.1:{settings.admin_port}/readyz")
         body: dict[str, Any] = r.json()
         return r.status_code, body
 

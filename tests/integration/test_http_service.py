@@ -39,7 +39,7 @@ async def test_the_api_alone_needs_no_kafka(api_settings: Settings) -> None:
         assert service.container is not None
         assert service.container.worker_state is None
         async with httpx.AsyncClient(base_url=base(nowhere), timeout=10) as http:
-            ready = await http.get("/readyz")
+            ready = await http.get(f"http://127.0.0.1:{nowhere.admin_port}/readyz")
             assert ready.status_code == 200, ready.text
             assert ready.json()["checks"] == {"postgresql": None, "redis": None}
             answer = await http.get(
@@ -112,7 +112,7 @@ async def test_the_cli_stops_cleanly_on_a_signal(
             stderr=out,
         )
     try:
-        await wait_until_serving(f"{base(settings)}/healthz", process)
+        await wait_until_serving(f"http://127.0.0.1:{settings.admin_port}/healthz", process)
         process.send_signal(stop)
         code = await asyncio.wait_for(process.wait(), 30)
     finally:
@@ -124,3 +124,42 @@ async def test_the_cli_stops_cleanly_on_a_signal(
     assert code == 0, text
     assert events[-1] == "service_stopped", events
     assert "service_stopping" in events[events.index("service_started") :], events
+
+
+ADMIN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/asyncapi.json")
+
+
+async def test_the_public_port_serves_no_admin_route_and_the_admin_port_no_public_one(
+    api_settings: Settings,
+) -> None:
+    admin = f"http://127.0.0.1:{api_settings.admin_port}"
+    check = "/v1/subjects/u1/check?topic=marketing.newsletter&channel=email"
+    async with (
+        Service(api_settings, with_worker=False),
+        httpx.AsyncClient(base_url=base(api_settings), timeout=10) as public,
+    ):
+        # The positive control: the public port answers its own routes.
+        assert (await public.get(check, headers=AUTH)).status_code == 200
+        for path in (*ADMIN_PATHS, "/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert (await public.get(path)).status_code == 404, path
+        served = {path: await public.get(admin + path) for path in ADMIN_PATHS}
+        assert {path: r.status_code for path, r in served.items()} == dict.fromkeys(
+            ADMIN_PATHS, 200
+        )
+        assert "optout_ready 1.0" in served["/metrics"].text
+        assert "/v1/subjects/{subject_id}/check" in served["/openapi.json"].json()["paths"]
+        assert served["/asyncapi.json"].json()["asyncapi"].startswith("3.")
+        assert (await public.get(admin + check, headers=AUTH)).status_code == 404
+
+
+async def test_a_worker_alone_serves_the_admin_port_and_no_public_port(settings: Settings) -> None:
+    async with (
+        Service(settings, with_worker=True, public=False),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        admin = f"http://127.0.0.1:{settings.admin_port}"
+        assert (await http.get(f"{admin}/healthz")).status_code == 200
+        assert (await http.get(f"{admin}/metrics")).status_code == 200
+        assert (await http.get(f"{admin}/openapi.json")).status_code == 404  # no public API
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"{base(settings)}/v1/subjects/u1/check")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 
 from service.client import OptoutClient
 from service.entrypoints.server import Service
@@ -32,6 +33,14 @@ from tests.support.contract_client import ContractClient
 pytestmark = pytest.mark.integration
 
 OPTOUT = str(Path(sys.executable).with_name("optout"))
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """With the service's identifier key: imported rows' command ids are keyed under it."""
+    return settings.model_copy(
+        update={"identifier_key": SecretStr("import-tests-identifier-key-0123456789abcdef")}
+    )
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ async def test_metrics_move_while_commands_flow(settings: Settings) -> None:
                 headers={"Authorization": f"Bearer {TOKEN}"},
             )
             assert check.status_code == 200
-            response = await http.get("/metrics")
+            response = await http.get(f"http://127.0.0.1:{own.admin_port}/metrics")
     assert response.status_code == 200
     found = samples(response.text)
     assert value(found, "optout_commands_consumed_total") >= 3
@@ -82,7 +82,7 @@ async def until(condition: Callable[[], object], within_seconds: float = 60) -> 
 
 
 async def health(settings: Settings) -> tuple[int, int, dict[str, str | None]]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.admin_port}") as http:
         live = await http.get("/healthz")
         ready = await http.get("/readyz")
         return live.status_code, ready.status_code, ready.json()["checks"]

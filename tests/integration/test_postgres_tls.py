@@ -173,8 +173,8 @@ async def test_verify_full_with_another_ca_fails_with_one_clear_error(
     with pytest.raises(ssl.SSLCertVerificationError):
         await run_migrations(own)
     # A service starts anyway (as during an outage) and says why it is not ready.
-    base = f"http://127.0.0.1:{own.http_port}"
-    async with Service(own, with_worker=False), httpx.AsyncClient(base_url=base) as http:
+    admin = f"http://127.0.0.1:{own.admin_port}"
+    async with Service(own, with_worker=False), httpx.AsyncClient(base_url=admin) as http:
         ready = await http.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["postgresql"].startswith("SSLCertVerificationError")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 async def healthz(settings: Settings) -> int:
     async with httpx.AsyncClient() as http:
-        return (await http.get(f"http://127.0.0.1:{settings.http_port}/healthz")).status_code
+        return (await http.get(f"http://127.0.0.1:{settings.admin_port}/healthz")).status_code
 
 
 def kill_sender(output: KafkaOutput) -> None:

@@ -35,7 +35,7 @@ def prometheus(settings: Settings, tmp_path: Path) -> Iterator[str]:
         "scrape_configs": [
             {
                 "job_name": "optout-worker",
-                "static_configs": [{"targets": [f"127.0.0.1:{settings.http_port}"]}],
+                "static_configs": [{"targets": [f"127.0.0.1:{settings.admin_port}"]}],
             }
         ],
     }

@@ -96,7 +96,7 @@ async def test_worker_writes_through_to_the_cluster(
             await stack.send(doc)
         await stack.wait_for(lambda: all(d["command_id"] in stack.outcomes for d in docs))
         async with httpx.AsyncClient() as http:
-            ready = await http.get(f"http://127.0.0.1:{on_cluster.http_port}/readyz")
+            ready = await http.get(f"http://127.0.0.1:{on_cluster.admin_port}/readyz")
         assert ready.json()["checks"]["redis"] is None
     statuses = {stack.outcomes[d["command_id"]][-1]["status"] for d in docs}
     assert statuses <= {"applied", "unchanged"}
@@ -347,7 +347,7 @@ async def test_a_cluster_that_lost_a_primary_is_not_ready(
             update={"redis_url": SecretStr(cluster.url), "redis_cluster": True}
         )
         async with Service(own, with_worker=False):
-            url = f"http://127.0.0.1:{own.http_port}/readyz"
+            url = f"http://127.0.0.1:{own.admin_port}/readyz"
             async with httpx.AsyncClient() as http:
                 assert (await http.get(url)).status_code == 200
                 cluster.processes[-1].kill()

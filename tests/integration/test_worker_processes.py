@@ -35,7 +35,7 @@ async def test_two_processes_share_the_group_and_stop_on_sigterm(
     env = worker_env(settings)
     # Each process picks a free port: with a fixed port P the second takes P + 1, which
     # nothing here reserved (another process may hold it).
-    env["OPTOUT_HTTP_PORT"] = "0"
+    env["OPTOUT_ADMIN_PORT"] = "0"
     log = (tmp_path / "workers.log").open("ab")
     supervisor = subprocess.Popen(  # noqa: ASYNC220 (a long-lived child, not awaited here)
         [sys.executable, "-m", "service.entrypoints.cli", "worker", "--processes", "2"],

@@ -66,7 +66,7 @@ async def test_readyz_follows_postgres(settings: Settings) -> None:
     with throwaway_postgres(free_port()) as pg:
         own = settings.model_copy(update={"database_url": SecretStr(pg.url)})
         async with Service(own, with_worker=True):
-            url = f"http://127.0.0.1:{own.http_port}/readyz"
+            url = f"http://127.0.0.1:{own.admin_port}/readyz"
             async with httpx.AsyncClient() as http:
                 assert (await http.get(url.replace("readyz", "healthz"))).status_code == 200
             body = await _ready(url, 200)

@@ -62,10 +62,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.as_environment(), "OPTOUT_LOG_FORMAT": "json"}
 
 
-def start_worker(settings: Settings, log_path: Path, http_port: int) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path, admin_port: int) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     env = worker_env(settings)
-    env["OPTOUT_HTTP_PORT"] = str(http_port)
+    env["OPTOUT_ADMIN_PORT"] = str(admin_port)
     return subprocess.Popen(
         [sys.executable, "-m", "service.entrypoints.cli", "worker"],
         env=env,

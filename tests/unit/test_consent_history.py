@@ -308,17 +308,66 @@ def test_csv_marks_erased_cells_and_writes_times_in_utc() -> None:
     assert to_csv([], header=True) == ",".join(CSV_COLUMNS) + "\r\n"
 
 
-@pytest.mark.parametrize("text", ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\r=1", "=HYPERLINK()"])
-def test_csv_cells_that_a_spreadsheet_would_run_are_defused(text: str) -> None:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=1+1",
+        "+1",
+        "-2",
+        "@SUM(A1)",
+        "\tx",
+        "\r=1",
+        "\n=1+1",
+        "=HYPERLINK()",
+        '\uff1dHYPERLINK("http://x")',  # full-width equals sign
+        "\uff0b1",
+        "\uff0d2",
+        "\uff20SUM(A1)",
+        " =1+1",  # after spaces a spreadsheet may skip
+        "\u3000\uff1d1",
+        "'=1",  # the mark itself: never ambiguous
+        "erased",  # a value that reads like the erased marker
+        " Erased ",
+        "\uff45rased",  # a full-width e
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_or_misread_are_marked(text: str) -> None:
     assert csv_cell(text) == "'" + text
     (row,) = parse_csv(to_csv([record(1, text, reason=text, source_user_agent=text)]))
     assert row["subject_id"] == row["reason"] == row["source_user_agent"] == "'" + text
 
 
-@given(st.text())
+def test_a_value_reading_erased_is_told_apart_from_an_erased_field() -> None:
+    given = record(1, reason="erased", source_user_agent="ERASED")
+    erased = record(2, source_ip=None, source_user_agent=None, reason=None, erased_at=T0)
+    kept, gone = parse_csv(to_csv([given, erased]))
+    assert (kept["reason"], kept["source_user_agent"]) == ("'erased", "'ERASED")
+    assert (gone["reason"], gone["source_user_agent"]) == ("erased", "erased")
+
+
+def _unmarked(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00")))
 def test_csv_cells_survive_any_text_and_never_start_a_formula(text: str) -> None:
     (row,) = parse_csv(to_csv([record(1, reason=text)]))
     cell = row["reason"]
-    assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
-    assert cell == text or cell == "'" + text
-    assert (cell == text) == (not text.startswith(("=", "+", "-", "@", "\t", "\r")))
+    assert not cell.lstrip(" \u00a0\u3000").startswith(FORMULA_STARTS)
+    assert _unmarked(cell) == text  # lossless: one mark removed gives the value back
+    assert cell != "erased"  # only an erased field's cell reads so
+    assert cell.strip().casefold() != "erased"
+    if not text.lstrip(" \u00a0\u3000").startswith((*FORMULA_STARTS, "'")):
+        assert text.strip().casefold() == "erased" or cell == text  # nothing else is marked
+
+
+@given(st.lists(st.sampled_from(["=", "\uff1d", "erased", "'", " ", "a", "\n", "-"]), max_size=6))
+def test_csv_cells_of_the_tricky_characters_are_lossless_and_inert(parts: list[str]) -> None:
+    text = "".join(parts)
+    cell = csv_cell(text)
+    assert _unmarked(cell) == text
+    assert not cell.lstrip(" \u00a0\u3000").startswith(FORMULA_STARTS)
+    assert cell.strip().casefold() != "erased"

@@ -89,7 +89,8 @@ def test_no_healthcheck_the_orchestrator_probes() -> None:
 def test_exposes_the_http_port_and_starts_optout() -> None:
     final = _final_stage()
     exposed = {p.split("/")[0] for i in final if i.keyword == "EXPOSE" for p in i.arguments.split()}
-    assert exposed == {str(Settings.model_construct().http_port)}
+    defaults = Settings.model_construct()
+    assert exposed == {str(defaults.http_port), str(defaults.admin_port)}
     (entrypoint,) = [i.arguments for i in final if i.keyword == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["optout"], "exec form, so optout gets SIGTERM as PID 1"
     (cmd,) = [i.arguments for i in final if i.keyword == "CMD"]

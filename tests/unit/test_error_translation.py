@@ -16,7 +16,7 @@ from service.adapters.postgres.errors import translate as translate_postgres
 from service.adapters.redis_cache import translate as translate_redis
 from service.application.errors import DependencyUnavailable, Refused, failure_name
 from service.application.health import Liveness, Readiness
-from service.entrypoints.http.app import build_http_app
+from service.entrypoints.http.admin import build_admin_app
 
 
 def postgres_error(cls: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
@@ -92,7 +92,7 @@ def test_unknown_failures_are_named_by_class_only() -> None:
 
 async def test_healthz_follows_liveness() -> None:
     liveness = Liveness()
-    app = build_http_app(Readiness(), liveness=liveness)
+    app = build_admin_app(Readiness(), liveness=liveness)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         assert (await http.get("/healthz")).status_code == 200

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from service.application.decisions import DecisionService
-from service.application.health import Readiness
 from service.application.history import ConsentHistory, StoredSubject
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import Rules
@@ -22,6 +21,7 @@ from service.domain.model import SubjectKey, SubjectState
 from service.entrypoints.history_export import CSV_COLUMNS
 from service.entrypoints.http.app import build_http_app
 from service.entrypoints.http.security import Authenticator, parse_tokens
+from tests.support.admin import openapi_of
 from tests.unit.test_consent_history import KEY, T0, Store, record
 
 READ = "reader-token-0123456789abcdef"
@@ -70,7 +70,7 @@ def app() -> Any:
     nothing = NoStates()
     decisions = DecisionService(DEFAULT_CATALOG, nothing, nothing, nothing)
     auth = Authenticator(parse_tokens(f"r:{READ}:history,w:{WRITE}:write,c:{CHECK}:check"))
-    return build_http_app(Readiness(), decisions, auth, history=ConsentHistory(store, KEY))
+    return build_http_app(decisions, auth, history=ConsentHistory(store, KEY))
 
 
 @pytest.fixture
@@ -186,8 +186,8 @@ async def test_the_history_scope_is_required(anonymous: httpx.AsyncClient) -> No
     assert (await anonymous.get(path, headers=reader)).status_code == 200
 
 
-async def test_the_openapi_document_describes_the_export(anonymous: httpx.AsyncClient) -> None:
-    document = (await anonymous.get("/openapi.json")).json()
+async def test_the_openapi_document_describes_the_export(app: Any) -> None:
+    document = await openapi_of(app)
     operation = document["paths"]["/v1/subjects/{subject_id}/history"]["get"]
     assert operation["operationId"] == "getHistory"
     assert operation["security"] == [{"bearer": ["history"]}]

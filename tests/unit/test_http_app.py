@@ -6,6 +6,7 @@ service builds, with a ``DecisionService`` over fakes of its three ports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -22,9 +23,11 @@ from service.application.health import Readiness
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.decision import Rules
 from service.domain.model import WILDCARD, Rule, SubjectKey, SubjectState
+from service.entrypoints.http.admin import build_admin_app
 from service.entrypoints.http.app import build_http_app
 from service.entrypoints.http.models import MAX_BATCH
 from service.entrypoints.http.security import Authenticator, parse_tokens
+from tests.support.admin import admin_get, openapi_of
 
 READ = "reader-token-0123456789abcdef"
 WRITE = "writer-token-0123456789abcdef"
@@ -72,7 +75,7 @@ def store() -> Store:
 def app(store: Store) -> Any:
     decisions = DecisionService(DEFAULT_CATALOG, store, store, store)
     auth = Authenticator(parse_tokens(f"r:{READ}:read,w:{WRITE}:write,t:{TWO}:check:default+t2"))
-    return build_http_app(Readiness(), decisions, auth, max_body_bytes=LIMIT)
+    return build_http_app(decisions, auth, max_body_bytes=LIMIT)
 
 
 @pytest.fixture
@@ -253,7 +256,7 @@ async def test_unknown_routes_and_methods_keep_the_error_shape(http: httpx.Async
 async def test_a_declared_body_over_the_limit_is_refused_unread(http: httpx.AsyncClient) -> None:
     big = json.dumps(checks(3 * MAX_BATCH)).encode()
     assert len(big) > LIMIT
-    for path, method in (("/v1/check", "POST"), ("/healthz", "GET")):
+    for path, method in (("/v1/check", "POST"), ("/v1/subjects/u1/preferences", "GET")):
         response = await http.request(method, path, content=big)
         assert error_of(response) == (413, "too_large", None)
         assert str(LIMIT) in response.json()["detail"]
@@ -280,7 +283,7 @@ async def test_a_streamed_body_is_cut_off_at_the_limit(http: httpx.AsyncClient) 
 # --- auth ---------------------------------------------------------------------------------
 
 
-async def test_auth(anonymous: httpx.AsyncClient) -> None:
+async def test_auth(app: Any, anonymous: httpx.AsyncClient) -> None:
     path = "/v1/subjects/u1/check?topic=marketing&channel=email"
     missing = await anonymous.get(path)
     assert error_of(missing) == (401, "unauthorized", None)
@@ -297,12 +300,14 @@ async def test_auth(anonymous: httpx.AsyncClient) -> None:
         assert error_of(response) == (403, "scope_forbidden", None)
         assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert (await anonymous.get(path, headers={"Authorization": f"bearer {READ}"})).is_success
-    for open_path in ("/healthz", "/readyz", "/openapi.json"):
-        assert (await anonymous.get(open_path)).status_code == 200
+    # No token on the admin surface (its own port): health, readiness and the document.
+    for open_path in ("/healthz", "/readyz", "/openapi.json", "/asyncapi.json"):
+        assert (await admin_get(app, open_path)).status_code == 200
+        assert (await anonymous.get(open_path)).status_code == 404
 
 
 async def test_without_tokens_every_call_is_refused(store: Store) -> None:
-    app = build_http_app(Readiness(), DecisionService(DEFAULT_CATALOG, store, store, store))
+    app = build_http_app(DecisionService(DEFAULT_CATALOG, store, store, store))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         response = await client.get(
@@ -314,7 +319,7 @@ async def test_without_tokens_every_call_is_refused(store: Store) -> None:
 # --- health -------------------------------------------------------------------------------
 
 
-async def test_health_only_app_reports_failing_checks() -> None:
+async def test_the_admin_app_reports_failing_checks() -> None:
     readiness = Readiness()
 
     async def down() -> str | None:
@@ -325,7 +330,7 @@ async def test_health_only_app_reports_failing_checks() -> None:
 
     readiness.add("redis", down)
     readiness.add("postgresql", up)
-    transport = httpx.ASGITransport(app=build_http_app(readiness))
+    transport = httpx.ASGITransport(app=build_admin_app(readiness))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
@@ -341,13 +346,38 @@ async def test_health_only_app_reports_failing_checks() -> None:
         assert (await client.get("/v1/subjects/u1/preferences")).status_code == 404
 
 
+async def test_readiness_probes_run_at_most_once_per_second_however_often_asked() -> None:
+    """/readyz and /metrics answer from the last run for a second: neither can be used to
+    hammer PostgreSQL, Redis or Kafka."""
+    now = [1_000.0]
+    runs = 0
+
+    async def probe() -> str | None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0)
+        return None
+
+    readiness = Readiness(clock=lambda: now[0])
+    readiness.add("postgresql", probe)
+    transport = httpx.ASGITransport(app=build_admin_app(readiness))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+        answers = await asyncio.gather(*(client.get("/readyz") for _ in range(20)))
+        assert {r.status_code for r in answers} == {200}
+        assert runs == 1
+        now[0] += 0.999
+        await client.get("/readyz")
+        assert runs == 1
+        now[0] += 0.001  # the positive control: a second later the probes run again
+        await client.get("/readyz")
+        assert runs == 2
+
+
 # --- the OpenAPI document -----------------------------------------------------------------
 
 
-async def test_openapi_lists_the_catalog_and_documents_every_answer(
-    anonymous: httpx.AsyncClient,
-) -> None:
-    document = (await anonymous.get("/openapi.json")).json()
+async def test_openapi_lists_the_catalog_and_documents_every_answer(app: Any) -> None:
+    document = await openapi_of(app)
     assert document["openapi"].startswith("3.1")
     text = json.dumps(document)
     assert "x-catalog-enum" not in text

@@ -5,7 +5,6 @@ target, and the read path's identity errors keep the error shape."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -16,11 +15,11 @@ from service.application.decisions import (
     DecisionService,
     IdentifierKeyMissing,
 )
-from service.application.health import Readiness
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.model import SubjectKey, SubjectState
 from service.entrypoints.http.app import build_http_app
 from service.entrypoints.http.security import Authenticator, parse_tokens
+from tests.support.admin import openapi_of
 from tests.unit.test_http_app import READ, Store, error_of, opt_out
 
 ALICE = "email:alice@example.com"
@@ -39,7 +38,7 @@ def store() -> Store:
 @pytest.fixture
 async def http(store: Store) -> AsyncIterator[httpx.AsyncClient]:
     decisions = DecisionService(DEFAULT_CATALOG, store, store, store)
-    app = build_http_app(Readiness(), decisions, Authenticator(parse_tokens(f"r:{READ}:read")))
+    app = build_http_app(decisions, Authenticator(parse_tokens(f"r:{READ}:read")))
     transport = httpx.ASGITransport(app=app)
     headers = {"Authorization": f"Bearer {READ}"}
     async with httpx.AsyncClient(
@@ -130,8 +129,9 @@ async def test_a_missing_identifier_key_answers_503_naming_the_setting(
     assert mandatory.status_code == 200
 
 
-async def test_the_openapi_document_describes_the_additions(http: httpx.AsyncClient) -> None:
-    document: dict[str, Any] = (await http.get("/openapi.json")).json()
+async def test_the_openapi_document_describes_the_additions(store: Store) -> None:
+    decisions = DecisionService(DEFAULT_CATALOG, store, store, store)
+    document = await openapi_of(build_http_app(decisions))
     prefs = document["components"]["schemas"]["PreferencesOut"]
     assert "applied_to" in prefs["properties"]
     assert "applied_to" not in prefs.get("required", [])

@@ -11,6 +11,7 @@ import orjson
 from service.application.process_commands import ProcessCommands
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.identifiers import pseudonym
+from service.domain.keyed_hashes import ContentSeal, is_sealed
 from service.domain.model import SubjectKey
 from tests.unit.test_process_commands import FakeUnitOfWork, Harness, command, record
 
@@ -95,3 +96,28 @@ async def test_unlinking_an_identifier_that_is_not_linked_is_refused() -> None:
     h = IdentityHarness()
     await h.process([record(0, identity("u", "unlink", "u1", identifier="device:abc"))])
     assert [(d["status"], d["reason"]) for d in answers(h)] == [("rejected", "not_linked")]
+
+
+async def test_an_erasure_rekeys_the_hashes_of_before_and_a_redelivery_is_still_a_duplicate() -> (
+    None
+):
+    before = Harness()  # no identifier key: the content hash is stored plain, as before keying
+    stop = command("sms-1", "phone:+14155550123", ("opt_out", "*", "sms"))
+    await before.process([record(0, stop), record(1, command("other", "u7"))])
+    key = ("default", "sms-1")
+    plain = before.db.processed[key].content_hash
+    assert not is_sealed(plain)
+    h = IdentityHarness(db=before.db)
+    await h.process([record(2, identity("e", "erase", "phone:+14155550123"))])
+    assert answers(h)[0]["status"] == "applied"
+    assert h.db.processed[key].content_hash == ContentSeal.from_root(KEY)(plain)
+    # Another person's entry keeps its form: erasure rewrites the erased person's rows only.
+    assert not is_sealed(h.db.processed[("default", "other")].content_hash)
+    await h.process([record(3, stop)])  # the same command, produced again
+    assert (answers(h)[1]["status"], answers(h)[1]["reason"]) == ("duplicate", None)
+    changed = dict(stop, source={"channel": "web"})
+    await h.process([record(4, changed)])
+    assert (answers(h)[2]["status"], answers(h)[2]["reason"]) == (
+        "rejected",
+        "command_id_conflict",
+    )

@@ -119,3 +119,29 @@ def test_a_checkpoint_of_another_file_or_other_options_is_not_resumed(tmp_path: 
     code, _, err = invoke(str(path), "--checkpoint", str(broken))
     assert code == 2
     assert "not a checkpoint" in err
+
+
+def test_an_import_without_the_identifier_key_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPTOUT_IDENTIFIER_KEY", raising=False)
+    path = tmp_path / "list.csv"
+    path.write_text(ROWS)
+    code, _, err = invoke(str(path))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "optout import: OPTOUT_IDENTIFIER_KEY is not set: imported rows' command ids are keyed"
+        " hashes under it (the service's own key, at least 32 bytes)"
+    ]
+
+
+def test_a_short_identifier_key_stops_the_import_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTOUT_IDENTIFIER_KEY", "too-short")
+    path = tmp_path / "list.csv"
+    path.write_text(ROWS)
+    result = CliRunner().invoke(app, ["import", str(path), "--dry-run"])
+    assert result.exit_code == 1
+    assert "OPTOUT_IDENTIFIER_KEY must be at least 32 bytes" in str(result.exception)
+    assert "too-short" not in str(result.exception)

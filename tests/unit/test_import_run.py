@@ -23,7 +23,9 @@ from service.application.import_run import (
 )
 from service.application.importing import ImportOptions, Rejected, RowMapper
 from service.domain.catalog import DEFAULT_CATALOG
+from service.domain.keyed_hashes import ImportIds
 
+IDS = ImportIds.from_root(b"import-id-key-for-tests-0123456789")
 FALLBACK = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -86,6 +88,7 @@ def mapper() -> RowMapper:
         DEFAULT_CATALOG,
         fallback_time=FALLBACK,
         max_future=timedelta(minutes=5),
+        ids=IDS,
     )
 
 

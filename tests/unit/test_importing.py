@@ -29,8 +29,10 @@ from service.contract.decode import decode_command
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Command, Delivery, Received, content_hash
 from service.domain.identifiers import InvalidIdentifier, normalize
+from service.domain.keyed_hashes import ImportIds
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+IDS = ImportIds.from_root(b"import-id-key-for-tests-0123456789")
 FALLBACK = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 _DELIVERY = Delivery("t", 0, 0)
 
@@ -56,6 +58,7 @@ def mapped(
             DEFAULT_CATALOG,
             fallback_time=FALLBACK,
             max_future=timedelta(minutes=5),
+            ids=IDS,
         )
         return [(line, mapper.map(line, row, NOW)) for line, row in rows]
 
@@ -381,7 +384,7 @@ def test_the_same_row_gives_the_same_command_id_in_another_run(tmp_path: Path) -
     assert {line: c.command_id for line, c in first.items()} == {
         line: c.command_id for line, c in again.items()
     }
-    assert all(c.command_id.startswith("import-") for c in first.values())
+    assert all(c.command_id.startswith("import-k1-") for c in first.values())
     assert len({c.command_id for c in first.values()}) == len(first)
 
 
@@ -397,6 +400,7 @@ def test_a_different_fallback_time_or_tenant_gives_other_ids(tmp_path: Path) -> 
             DEFAULT_CATALOG,
             fallback_time=FALLBACK + timedelta(seconds=1),
             max_future=timedelta(minutes=5),
+            ids=IDS,
         ).map(2, ["a@example.com"], NOW)
     assert isinstance(later, Command)
     assert len({base, other_tenant, later.command_id}) == 3
@@ -440,6 +444,7 @@ def test_generated_rows_give_stable_ids_of_their_content_and_values_the_worker_r
         DEFAULT_CATALOG,
         fallback_time=FALLBACK,
         max_future=timedelta(minutes=5),
+        ids=IDS,
     )
     first = mapper.map(2, row, NOW)
     if isinstance(first, Rejected):
@@ -453,7 +458,7 @@ def test_generated_rows_give_stable_ids_of_their_content_and_values_the_worker_r
     # Case and spaces around an address do not make another command.
     assert first == second
     assert first.subject_id == normalize("email:" + address)
-    assert first.command_id == command_id_for(first)
+    assert first.command_id == command_id_for(first, IDS)
     worker_sees = decoded(first)
     assert worker_sees == first
     assert content_hash(worker_sees) == content_hash(first)
@@ -471,6 +476,7 @@ def test_any_email_cell_is_a_command_or_a_named_rejection(cell: str) -> None:
         DEFAULT_CATALOG,
         fallback_time=FALLBACK,
         max_future=timedelta(minutes=5),
+        ids=IDS,
     )
     result = mapper.map(7, [cell], NOW)
     if isinstance(result, Rejected):

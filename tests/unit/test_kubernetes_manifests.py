@@ -371,6 +371,7 @@ def test_configmap_holds_only_known_non_secret_settings_that_parse(
         monkeypatch.setenv(name, value)
     settings = Settings()  # refuses a value of the wrong type or out of range
     assert settings.http_host == "0.0.0.0"
+    assert settings.admin_host == "0.0.0.0"
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -421,14 +422,19 @@ def test_pods_run_as_the_image_user_locked_down() -> None:
 
 
 def test_probes_and_ports() -> None:
-    port = Settings.model_construct().http_port
+    """Probes on the admin port; the public port only where there is a public surface."""
+    data = _one("ConfigMap", "optout-config")["data"]
+    public, admin = int(data["OPTOUT_HTTP_PORT"]), int(data["OPTOUT_ADMIN_PORT"])
+    assert public != admin
+    ports = {"optout-api": {"http": public, "admin": admin}, "optout-worker": {"admin": admin}}
     for deployment in _deployments():
         pod = deployment["spec"]["template"]["spec"]
         (main,) = pod["containers"]
-        assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": port}
-        assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
+        expected = ports[deployment["metadata"]["name"]]
+        assert {p["name"]: p["containerPort"] for p in main["ports"]} == expected
+        assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert main["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
 
 
 def test_migrations_run_before_the_service_in_the_same_image() -> None:
@@ -499,8 +505,12 @@ def test_services_budgets_and_scrape_select_the_pods() -> None:
     def selects(selector: dict[str, str], name: str) -> bool:
         return bool(selector.items() <= labels[name].items())
 
-    assert selects(_one("Service", "optout-api")["spec"]["selector"], "optout-api")
+    api = _one("Service", "optout-api")["spec"]
+    assert selects(api["selector"], "optout-api")
+    # The API's Service routes the public port only, never the admin surface.
+    assert [p["targetPort"] for p in api["ports"]] == ["http"]
     metrics = _one("Service", "optout-worker-metrics")["spec"]
+    assert [p["targetPort"] for p in metrics["ports"]] == ["admin"]
     assert selects(metrics["selector"], "optout-worker")
     assert metrics["publishNotReadyAddresses"] is True
     for name in ("optout-api", "optout-worker"):
@@ -509,7 +519,7 @@ def test_services_budgets_and_scrape_select_the_pods() -> None:
         monitor = _one("PodMonitor", "optout")["spec"]
         assert selects(monitor["selector"]["matchLabels"], name)
     (endpoint,) = _one("PodMonitor", "optout")["spec"]["podMetricsEndpoints"]
-    assert endpoint == {**endpoint, "port": "http", "path": "/metrics"}
+    assert endpoint == {**endpoint, "port": "admin", "path": "/metrics"}
 
 
 def _policies() -> dict[str, Resource]:
@@ -527,8 +537,12 @@ def test_network_policies_deny_by_default_and_allow_only_the_dependencies() -> N
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     dependency_ports = {_kafka_port(), 5432, 6379, 53}
     sources = {
-        "optout-worker": {"prometheus"},
-        "optout-api": {"ingress-nginx", "prometheus", "sender"},
+        "optout-worker": {("prometheus", "admin")},
+        "optout-api": {
+            ("ingress-nginx", "http"),
+            ("sender", "http"),
+            ("prometheus", "admin"),
+        },
     }
     for deployment in _deployments():
         name = deployment["metadata"]["name"]
@@ -543,16 +557,18 @@ def test_network_policies_deny_by_default_and_allow_only_the_dependencies() -> N
         egress_ports = {port["port"] for rule in spec["egress"] for port in rule["ports"]}
         assert egress_ports == dependency_ports, name
         assert all(rule["to"] for rule in spec["egress"])  # never "anywhere"
-        (ingress,) = spec["ingress"]
-        assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
         found = set()
-        for peer in ingress["from"]:
-            pod_labels = peer["podSelector"]["matchLabels"]
-            found.add(
-                "sender"
-                if "optout.example.com/sender" in pod_labels
-                else pod_labels["app.kubernetes.io/name"]
-            )
+        for ingress in spec["ingress"]:
+            (port,) = ingress["ports"]
+            assert port["protocol"] == "TCP"
+            for peer in ingress["from"]:
+                pod_labels = peer["podSelector"]["matchLabels"]
+                who = (
+                    "sender"
+                    if "optout.example.com/sender" in pod_labels
+                    else pod_labels["app.kubernetes.io/name"]
+                )
+                found.add((who, port["port"]))
         assert found == sources[name]
 
 

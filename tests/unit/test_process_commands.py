@@ -8,7 +8,7 @@ cached and published, so each test reads like the guarantee it checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -22,14 +22,17 @@ from service.application.ports import (
     EventMessage,
     Loaded,
     OutcomeMessage,
+    RekeyedHashes,
     StoredAnswer,
     ToSave,
+    UnkeyedHashes,
 )
 from service.application.process_commands import ProcessCommands
 from service.application.records import RawRecord
 from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Delivery
+from service.domain.keyed_hashes import is_plain_import_id, is_sealed
 from service.domain.model import SubjectKey, SubjectState
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -145,6 +148,27 @@ class FakeUnitOfWork:
             work.events.setdefault((tombstone.tenant, tombstone.command_id), []).append(
                 EventMessage(tombstone.tenant, tombstone.subject_id, None)
             )
+
+    async def unkeyed_of(self, names: Sequence[SubjectKey]) -> UnkeyedHashes:
+        wanted = set(names)
+        return UnkeyedHashes(
+            processed=[
+                (tenant, command_id, entry.content_hash)
+                for (tenant, command_id), entry in self._work.processed.items()
+                if SubjectKey(tenant, entry.outcome.subject_id or "") in wanted
+                and (not is_sealed(entry.content_hash) or is_plain_import_id(command_id))
+            ],
+            import_ids=[],
+        )
+
+    async def rekey(self, names: Sequence[SubjectKey], rekeyed: RekeyedHashes) -> None:
+        work = self._work
+        for tenant, command_id, new_id, new_hash in rekeyed.processed:
+            entry = work.processed.pop((tenant, command_id))
+            work.processed[(tenant, new_id)] = replace(
+                entry, command_id=new_id, content_hash=new_hash
+            )
+            work.outcomes[(tenant, new_id)] = work.outcomes.pop((tenant, command_id))
 
 
 @dataclass

@@ -261,3 +261,83 @@ SELECT e.t, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM unnest($3::text[]) AS e(t)
 WHERE EXISTS (SELECT 1 FROM subjects x WHERE x.tenant = e.t AND x.erased_at IS NOT NULL)
 """
+
+# Erasure, after IDENTITY_AFTER: the hashes of before keying in the erased person's rows
+# (keyed_hashes.py). $1, $2: every id of each erased person and what replaced it. Processed
+# commands with a plain content hash or a plain import id (part 1); plain import ids in the
+# consent history and the events (part 2). Both by index (tenant, subject_id).
+UNKEYED_OF_ERASED = """
+WITH m AS (
+    SELECT DISTINCT t, sid FROM unnest($1::text[], $2::text[]) AS u(t, sid)
+)
+SELECT 1 AS part, p.tenant, p.command_id, p.content_hash
+FROM processed_commands p JOIN m ON p.tenant = m.t AND p.subject_id = m.sid
+WHERE p.content_hash !~ '^k1:' OR p.command_id ~ '^import-[0-9a-f]{64}$'
+UNION
+SELECT 2, h.tenant, h.command_id, NULL
+FROM consent_history h JOIN m ON h.tenant = m.t AND h.subject_id = m.sid
+WHERE h.command_id ~ '^import-[0-9a-f]{64}$'
+UNION
+SELECT 2, e.tenant, x.id[1], NULL
+FROM preference_events e JOIN m ON e.tenant = m.t AND e.subject_id = m.sid,
+     regexp_matches(e.payload, '"(import-[0-9a-f]{64})"', 'g') AS x(id)
+WHERE e.payload IS NOT NULL
+"""
+
+# Erasure: those hashes replaced by their keyed forms, in the same rows. $1, $2: the erased
+# person's ids (as in UNKEYED_OF_ERASED); $3: json [{tenant, command_id, new_id, new_hash}]
+# per processed command; $4: json [{tenant, old, new}] per import id. A processed command
+# whose keyed id is already logged (the same row imported again since) is dropped: the
+# logged one answers a redelivery from then on.
+REKEY_ERASED = """
+WITH
+m AS (SELECT DISTINCT t, sid FROM unnest($1::text[], $2::text[]) AS u(t, sid)),
+p AS (
+    SELECT * FROM json_to_recordset($3::json)
+        AS x(tenant text, command_id text, new_id text, new_hash text)
+),
+i AS (SELECT * FROM json_to_recordset($4::json) AS x(tenant text, old text, new text)),
+dropped AS (
+    DELETE FROM processed_commands c
+    USING p
+    WHERE c.tenant = p.tenant AND c.command_id = p.command_id AND p.new_id <> p.command_id
+      AND EXISTS (SELECT 1 FROM processed_commands q
+                  WHERE q.tenant = p.tenant AND q.command_id = p.new_id)
+),
+processed AS (
+    UPDATE processed_commands c
+    SET command_id = p.new_id, content_hash = p.new_hash,
+        outcome = CASE WHEN p.new_id = p.command_id THEN c.outcome
+                       ELSE (c.outcome::jsonb || jsonb_build_object('command_id', p.new_id))::json
+                  END
+    FROM p
+    WHERE c.tenant = p.tenant AND c.command_id = p.command_id
+      AND (p.new_id = p.command_id
+           OR NOT EXISTS (SELECT 1 FROM processed_commands q
+                          WHERE q.tenant = p.tenant AND q.command_id = p.new_id))
+),
+history AS (
+    UPDATE consent_history h SET command_id = i.new
+    FROM m, i
+    WHERE h.tenant = m.t AND h.subject_id = m.sid AND h.tenant = i.tenant
+      AND h.command_id = i.old
+),
+rules AS (
+    UPDATE rules r SET command_id = i.new
+    FROM m, i
+    WHERE r.tenant = m.t AND r.subject_id = m.sid AND r.tenant = i.tenant
+      AND r.command_id = i.old
+)
+UPDATE preference_events e
+SET command_id = coalesce(
+        (SELECT i.new FROM i WHERE i.tenant = e.tenant AND i.old = e.command_id), e.command_id),
+    payload = replace_each(
+        e.payload,
+        ARRAY(SELECT '"' || i.old || '"' FROM i WHERE i.tenant = e.tenant ORDER BY i.old),
+        ARRAY(SELECT '"' || i.new || '"' FROM i WHERE i.tenant = e.tenant ORDER BY i.old)
+    )
+FROM m
+WHERE e.tenant = m.t AND e.subject_id = m.sid
+  AND EXISTS (SELECT 1 FROM i WHERE i.tenant = e.tenant
+              AND (i.old = e.command_id OR strpos(e.payload, i.old) > 0))
+"""

@@ -20,7 +20,14 @@ from service.adapters.postgres import queries
 from service.adapters.postgres.errors import postgres_errors
 from service.adapters.postgres.pool import Connection
 from service.adapters.postgres.rows import states_from_rows
-from service.application.ports import EventMessage, Loaded, StoredAnswer, ToSave
+from service.application.ports import (
+    EventMessage,
+    Loaded,
+    RekeyedHashes,
+    StoredAnswer,
+    ToSave,
+    UnkeyedHashes,
+)
 from service.contract.v1 import OutcomeV1
 from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
@@ -351,6 +358,33 @@ class PostgresCommandUnitOfWork:
                     }
                     for e in result.erasures
                 ],
+            )
+
+    async def unkeyed_of(self, names: Sequence[SubjectKey]) -> UnkeyedHashes:
+        with postgres_errors():
+            rows = await self._connection.fetch(
+                queries.UNKEYED_OF_ERASED,
+                [k.tenant for k in names],
+                [k.subject_id for k in names],
+            )
+        return UnkeyedHashes(
+            processed=[
+                (r["tenant"], r["command_id"], r["content_hash"]) for r in rows if r["part"] == 1
+            ],
+            import_ids=[(r["tenant"], r["command_id"]) for r in rows if r["part"] == 2],
+        )
+
+    async def rekey(self, names: Sequence[SubjectKey], rekeyed: RekeyedHashes) -> None:
+        with postgres_errors():
+            await self._connection.execute(
+                queries.REKEY_ERASED,
+                [k.tenant for k in names],
+                [k.subject_id for k in names],
+                [
+                    {"tenant": t, "command_id": c, "new_id": i, "new_hash": h}
+                    for t, c, i, h in rekeyed.processed
+                ],
+                [{"tenant": t, "old": o, "new": n} for t, o, n in rekeyed.import_ids],
             )
 
 

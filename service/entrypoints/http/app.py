@@ -1,6 +1,6 @@
-"""The app factory: which routers a process serves, its limits, errors and OpenAPI document.
+"""The public app's factory: which routers it serves, its limits, errors and OpenAPI document.
 
-Dependencies reach the routers through ``app.state`` (readiness, decisions, authenticator),
+Dependencies reach the routers through ``app.state`` (decisions, authenticator, channels),
 so the routers are plain module-level objects and a test can build an app around fakes.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 
 from service.application.decisions import DecisionService
-from service.application.health import Liveness, Readiness
 from service.application.history import ConsentHistory
 from service.application.rate_limits import Throttle
 from service.domain.catalog import Catalog
@@ -24,29 +22,28 @@ from service.entrypoints.http.limits import BodyLimit
 from service.entrypoints.http.models import CATALOG_ENUM
 from service.entrypoints.http.rate_limit import rate_limited
 from service.entrypoints.http.routers import decisions as decisions_router
-from service.entrypoints.http.routers import health, intake, pages, sms
 from service.entrypoints.http.routers import history as history_router
+from service.entrypoints.http.routers import intake, pages, sms
 from service.entrypoints.http.security import Authenticator
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 def build_http_app(
-    readiness: Readiness,
-    decisions: DecisionService | None = None,
+    decisions: DecisionService,
     auth: Authenticator | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    liveness: Liveness | None = None,
-    metrics_registry: CollectorRegistry | None = None,
     channels: ChannelsConfig | None = None,
     history: ConsentHistory | None = None,
     throttle: Throttle | None = None,
 ) -> FastAPI:
-    """Health endpoints always; the decision API and its document when ``decisions`` is given,
-    with the proof-of-consent export when ``history`` is given too.
+    """The public surface: the decision API, with the proof-of-consent export when
+    ``history`` is given and the channels (intake, pages, SMS webhook) when ``channels`` is.
 
-    Without tokens every ``/v1`` call answers 401: an API left unconfigured stays closed.
+    Health, readiness, metrics and the OpenAPI document are on the admin surface
+    (``admin.build_admin_app``, fed this app's ``openapi``), never here. Without tokens
+    every ``/v1`` call answers 401: an API left unconfigured stays closed.
     With ``throttle``, ``/v1`` and the SMS webhook are rate-limited by one dependency that
     runs before every route's own (``rate_limit.py``); the pages limit themselves.
     """
@@ -54,33 +51,28 @@ def build_http_app(
         title="optout decision API",
         version="1",
         description="May this message be sent? Every answer carries its reason.",
-        openapi_url="/openapi.json" if decisions is not None else None,
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
         middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
         dependencies=[Depends(rate_limited)],
     )
-    app.state.readiness = readiness
     app.state.throttle = throttle
-    app.state.liveness = liveness or Liveness()
-    app.state.metrics_registry = metrics_registry
     app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
-    app.include_router(health.router)
-    if decisions is not None:
-        app.state.decisions = decisions
-        app.state.authenticator = auth or Authenticator([])
-        app.include_router(decisions_router.router)
-        if history is not None:
-            app.state.history = history
-            app.include_router(history_router.router)
-        if channels is not None:
-            app.state.channels = channels
-            app.include_router(intake.router)
-            app.include_router(pages.router)
-            app.include_router(sms.router)
-        # Generated once, here: FastAPI serves the cached document from then on.
-        _enumerate_catalog(app.openapi(), decisions.catalog)
+    app.state.decisions = decisions
+    app.state.authenticator = auth or Authenticator([])
+    app.include_router(decisions_router.router)
+    if history is not None:
+        app.state.history = history
+        app.include_router(history_router.router)
+    if channels is not None:
+        app.state.channels = channels
+        app.include_router(intake.router)
+        app.include_router(pages.router)
+        app.include_router(sms.router)
+    # Generated once, here: the admin surface serves the cached document from then on.
+    _enumerate_catalog(app.openapi(), decisions.catalog)
     return app
 
 

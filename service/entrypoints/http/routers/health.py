@@ -1,5 +1,5 @@
-"""Liveness, readiness and metrics, for the orchestrator and Prometheus: no token, and not in
-the OpenAPI document."""
+"""Liveness, readiness and metrics, for the orchestrator and Prometheus: on the admin port only
+(``admin.py``), no token, and not in the OpenAPI document."""
 
 from __future__ import annotations
 
