@@ -3,10 +3,12 @@
 The oracle knows nothing of forwards, versions or stored rule sets: it keeps every
 statement a person made, under any of their ids, and joins two people's statements when
 their ids are linked or merged. A decision is then the brief's rule over all of them: the
-latest covering statement wins, a tie goes to the opt-out. The service must answer exactly
-that for every id, whatever the batching; and, stated on its own, a merge never turns a
-question both sides denied into an allow, nor an opt-out into an allow without a later
-opt-in of the same person.
+latest covering statement wins, a tie goes to the opt-out; a restore is no candidate and
+voids every SMS keyword stop (an opt-out of `*` on `sms` made through `sms`) older than the
+person's latest restore, whichever of their ids either was made under. The service must
+answer exactly that for every id, whatever the batching; and, stated on its own, a merge
+never turns a question both sides denied into an allow, nor an opt-out into an allow without
+a later opt-in or restore of the same person.
 """
 
 from __future__ import annotations
@@ -97,14 +99,15 @@ class Oracle:
                 )
                 for change in step.command.changes
             ]
-            # Applied when some statement beats every earlier one about its exact pair.
+            # Applied when some statement beats every earlier one in a register it is kept in.
             changed = any(
                 all(
                     rule.precedence_key() > old.precedence_key()
                     for old in kept
-                    if (old.topic, old.channel) == (rule.topic, rule.channel)
+                    if register in _registers(old)
                 )
                 for rule in new
+                for register in _registers(rule)
             )
             kept.extend(new)
             return "applied" if changed else "unchanged"
@@ -130,12 +133,39 @@ class Oracle:
             return True
         covering_topics = {*DEFAULT_CATALOG.lineage(topic), WILDCARD}
         covering_channels = {channel, WILDCARD} if channel != WILDCARD else {WILDCARD}
+        mine = self.statements.get(self.find(name), [])
+        restored = max((r.occurred_at for r in mine if r.action == "restore"), default=None)
         best: Rule | None = None
-        for rule in self.statements.get(self.find(name), []):
+        for rule in mine:
+            if rule.action == "restore":
+                continue
+            if _keyword_stop(rule) and restored is not None and restored > rule.occurred_at:
+                continue  # undone by a later START, under any id of the person
             covers = rule.topic in covering_topics and rule.channel in covering_channels
             if covers and (best is None or rule.precedence_key() > best.precedence_key()):
                 best = rule
         return spec.default_allowed if best is None else best.action == "opt_in"
+
+
+def _keyword_stop(rule: Rule) -> bool:
+    """What a STOP reply records: an opt-out of all SMS, made by text message."""
+    return (rule.action, rule.topic, rule.channel, rule.source_channel) == (
+        "opt_out",
+        WILDCARD,
+        "sms",
+        "sms",
+    )
+
+
+def _registers(rule: Rule) -> set[str]:
+    """The last-writer-wins registers a statement is kept in (the contract's "Restore"): its
+    own (topic, channel), except that a statement about all SMS is kept in `*` (unless a
+    restore), in `#kept` (unless a restore or a keyword stop) or in `#restore` (a restore)."""
+    if (rule.topic, rule.channel) != (WILDCARD, "sms"):
+        return {f"{rule.topic}/{rule.channel}"}
+    if rule.action == "restore":
+        return {"#restore"}
+    return {"*/sms"} if _keyword_stop(rule) else {"*/sms", "#kept"}
 
 
 def run(
@@ -215,20 +245,39 @@ def test_a_merge_never_turns_an_opt_out_into_an_allow(
     after, statuses = run([*steps_, Step("merge", gone, kept, merge)], [])
     if statuses[-1] != "applied":
         return
+    oracle = Oracle()
+    for step in steps_:
+        oracle.apply(step)
+    restored = max(
+        (
+            rule.occurred_at
+            for name in {oracle.find(gone), oracle.find(kept)}
+            for rule in oracle.statements.get(name, [])
+            if rule.action == "restore"
+        ),
+        default=None,
+    )
     rules_of = {name: _rules(before, name) for name in (gone, kept)}
     for topic, channel in questions(DEFAULT_CATALOG):
-        denied_before = [not answer(before, name, topic, channel) for name in (gone, kept)]
+        denials = [is_allowed(DEFAULT_CATALOG, rules_of[name], topic, channel) for name in rules_of]
+        opt_outs = [d.rule for d in denials if d.rule is not None and d.rule.action == "opt_out"]
+        # The merged person's latest START undoes their STOPs made before it, under either id.
+        undone = [
+            rule
+            for rule in opt_outs
+            if _keyword_stop(rule) and restored is not None and restored > rule.occurred_at
+        ]
+        standing = [rule for rule in opt_outs if rule not in undone]
         allowed_after = answer(after, kept, topic, channel)
         assert answer(after, gone, topic, channel) == allowed_after
-        if all(denied_before):
-            assert not allowed_after, (topic, channel)
+        if not any(denial.allowed for denial in denials) and allowed_after:
+            # Both sides denied: only a START undoing a STOP of one side can allow.
+            assert undone, (topic, channel)
         decided = is_allowed(DEFAULT_CATALOG, _rules(after, kept), topic, channel)
         if allowed_after and decided.rule is not None:
-            # The allow comes from an opt-in at least as late as every covering opt-out.
-            for rules in rules_of.values():
-                denial = is_allowed(DEFAULT_CATALOG, rules, topic, channel)
-                if denial.rule is not None and denial.rule.action == "opt_out":
-                    assert decided.rule.precedence_key() > denial.rule.precedence_key()
+            # The allow comes from an opt-in later than every covering opt-out in force.
+            for opt_out in standing:
+                assert decided.rule.precedence_key() > opt_out.precedence_key(), (topic, channel)
 
 
 def _rules(states: dict[SubjectKey, SubjectState], name: str) -> dict[tuple[str, str], Rule]:

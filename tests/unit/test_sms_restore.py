@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from service.domain.decision import is_allowed
 from service.domain.model import Action, Decision, SubjectKey, SubjectState
 from service.domain.sms_restore import KEPT, RESTORED, cells_of, statements_of
 from service.domain.validation import validate
+from tests.unit.test_identity_properties import Step, answer, run
 from tests.unit.test_properties import DENY_CATALOG, MESSAGE_TOPICS, run_in_batches
 
 BASE = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -210,3 +212,61 @@ def test_cells_each_statement_writes(action: Action, source: str, topics: list[s
     (only,) = statements_of(list(rule.values()))
     assert (only.action, only.topic, only.channel) == (action, "*", "sms")
     assert cells_of(only) == tuple(rule[(t, "sms")] for t in topics)
+
+
+PHONE = "phone:+14155550123"
+
+
+def said(command_id: str, subject: str, action: Action, seconds: int, source: str) -> Step:
+    """A statement about all SMS under `subject`."""
+    made = replace(
+        command(command_id, (action, "*", "sms"), seconds=seconds, source=source),
+        subject_id=subject,
+    )
+    return Step("preferences", subject, None, made)
+
+
+def joined(kind: str, subject: str, target: str) -> Step:
+    made = Command(
+        command_id=f"{kind}-{subject}",
+        subject_id=subject,
+        tenant="default",
+        occurred_at=BASE,
+        source=Source("support"),
+        changes=(),
+        kind=kind,  # type: ignore[arg-type]
+        target=target,
+    )
+    return Step(kind, subject, target, made)
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [("link", "u1", PHONE), ("merge", "u1", PHONE), ("merge", PHONE, "u1")],
+    ids=["link", "merge-u1-into-phone", "merge-phone-into-u1"],
+)
+@pytest.mark.parametrize("joined_first", [True, False], ids=["joined-first", "joined-last"])
+@pytest.mark.parametrize("opted_in_on_the_phone", [True, False], ids=["opt-in", "no-opt-in"])
+def test_a_start_under_one_id_undoes_a_stop_under_another_and_nothing_more(
+    identity: tuple[str, str, str], joined_first: bool, opted_in_on_the_phone: bool
+) -> None:
+    """Linked or merged, the ids answer as every statement the person made under either:
+    the phone's START undoes u1's earlier STOP, and what decides all SMS then is the latest
+    other all-SMS statement, whichever id it was made under (u1's web opt-out, or the
+    phone's later web opt-in). The joined rules hold u1's STOP in (`*`, `sms`) beside the
+    phone's `#restore` and, with the opt-in, the phone's `#kept`."""
+    statements = [
+        said("w-out", "u1", "opt_out", seconds=0, source="web"),
+        said("stop", "u1", "opt_out", seconds=2, source="sms"),
+        said("start", PHONE, "restore", seconds=3, source="sms"),
+    ]
+    if opted_in_on_the_phone:
+        statements.append(said("w-in", PHONE, "opt_in", seconds=1, source="web"))
+    link = joined(*identity)
+    states, statuses = run([link, *statements] if joined_first else [*statements, link], [])
+    assert set(statuses) == {"applied"}
+    for name in ("u1", PHONE):
+        # Positive control: the verdict follows the phone's opt-in, so neither is a constant.
+        assert answer(states, name, "marketing", "sms") is opted_in_on_the_phone, name
+        assert answer(states, name, "product.updates", "sms") is opted_in_on_the_phone, name
+        assert answer(states, name, "marketing", "email"), name  # email untouched
