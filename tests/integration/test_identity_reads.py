@@ -173,7 +173,17 @@ async def redis_dump(settings: Settings) -> dict[bytes, dict[bytes, bytes]]:
         keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=1000)]
         dump: dict[bytes, dict[bytes, bytes]] = {}
         for k in keys:
-            dump[k] = await redis.hgetall(k)  # type: ignore[assignment]  # decoding is off
+            kind = await redis.type(k)
+            if kind == b"hash":
+                dump[k] = await redis.hgetall(k)  # type: ignore[assignment]  # decoding is off
+            elif kind == b"string":  # e.g. a rate limit's counter
+                value = await redis.get(k)
+                dump[k] = {b"value": value if isinstance(value, bytes) else b""}
+            elif kind == b"zset":  # a sliding window's entries
+                members = await redis.zrange(k, 0, -1)
+                dump[k] = {m: b"" for m in members if isinstance(m, bytes)}
+            else:
+                dump[k] = {b"value": await redis.dump(k) or b""}
         return dump
     finally:
         await redis.aclose()

@@ -30,7 +30,7 @@ from service.entrypoints.http.routers.sms import twilio_signature
 from service.settings import Settings
 from tests.support.channels import (
     NEW_KEY,
-    READ_TOKEN,
+    OPS_TOKEN,
     SMS_TOKEN,
     WRITE_TOKEN,
     Running,
@@ -228,15 +228,16 @@ async def test_revoked_future_and_old_links(service: Running) -> None:
     async with http_client(service.base_url, WRITE_TOKEN) as api:
         made = await api.post("/v1/links", json={"subject_id": subject, "topic": "marketing"})
         link = made.json()
-        revoked = await api.post("/v1/links/revoke", json={"link": link["url"]})
+        # Revoking is an operator's (scope admin, every tenant): the sender's token may not.
+        denied = await api.post("/v1/links/revoke", json={"link": link["token_id"]})
+        assert (denied.status_code, denied.json()["error"]) == (403, "scope_forbidden")
+    async with http_client(service.base_url, OPS_TOKEN) as ops:
+        revoked = await ops.post("/v1/links/revoke", json={"link": link["url"]})
         assert revoked.json() == {"token_id": link["token_id"], "newly_revoked": True}
-        again = await api.post("/v1/links/revoke", json={"link": link["token_id"]})
+        again = await ops.post("/v1/links/revoke", json={"link": link["token_id"]})
         assert again.json()["newly_revoked"] is False
-        junk = await api.post("/v1/links/revoke", json={"link": "v1.k2.abc.def"})
+        junk = await ops.post("/v1/links/revoke", json={"link": "v1.k2.abc.def"})
         assert (junk.status_code, junk.json()["field"]) == (422, "link")
-    async with http_client(service.base_url, READ_TOKEN) as reader:
-        denied = await reader.post("/v1/links/revoke", json={"link": link["token_id"]})
-        assert denied.status_code == 403
 
     path = link["url"].removeprefix(service.base_url)
     ahead = link_path(LinkClaim("default", subject, "marketing", "email", now() + 600))
@@ -318,7 +319,12 @@ async def test_views_api_calls_and_sms_replies_get_429_but_opt_outs_never(
             assert int(limited_in.headers["Retry-After"]) >= 1
 
         async def reply(body: str) -> int:
-            params = {"From": "+14155550142", "To": "+14155550199", "Body": body}
+            params = {
+                "From": "+14155550142",
+                "To": "+14155550199",
+                "Body": body,
+                "MessageSid": f"SM{uuid.uuid4().hex}",
+            }
             url = service.base_url + SMS_PATH
             signature = twilio_signature(SMS_TOKEN.encode(), url, sorted(params.items()))
             answer = await http.post(

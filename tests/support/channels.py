@@ -18,6 +18,7 @@ from service.settings import Settings
 
 READ_TOKEN = "reader-token-0123456789abcdef"
 WRITE_TOKEN = "writer-token-0123456789abcdef"
+OPS_TOKEN = "operator-token-0123456789abcdef"
 OLD_KEY = "old-key-" + "o" * 32
 NEW_KEY = "new-key-" + "n" * 32
 SMS_TOKEN = "twilio-auth-token-0123456789"
@@ -25,7 +26,7 @@ SUPPORT = "help@example.test"
 
 
 def channel_settings(settings: Settings) -> Settings:
-    tokens = f"reader:{READ_TOKEN}:read,writer:{WRITE_TOKEN}:write"
+    tokens = f"reader:{READ_TOKEN}:read,writer:{WRITE_TOKEN}:write,ops:{OPS_TOKEN}:admin:*"
     return settings.model_copy(
         update={
             "api_tokens": SecretStr(tokens),

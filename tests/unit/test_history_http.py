@@ -191,7 +191,7 @@ async def test_the_openapi_document_describes_the_export(app: Any) -> None:
     operation = document["paths"]["/v1/subjects/{subject_id}/history"]["get"]
     assert operation["operationId"] == "getHistory"
     assert operation["security"] == [{"bearer": ["history"]}]
-    assert set(operation["responses"]) == {"200", "401", "403", "404", "422", "503"}
+    assert set(operation["responses"]) == {"200", "401", "403", "404", "422", "429", "503"}
     ok = operation["responses"]["200"]
     assert set(ok["content"]) == {"application/json", "text/csv"}
     assert ok["content"]["application/json"]["schema"] == {

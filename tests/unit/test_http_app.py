@@ -398,9 +398,9 @@ async def test_openapi_lists_the_catalog_and_documents_every_answer(app: Any) ->
     check_in = document["components"]["schemas"]["CheckIn"]["properties"]
     assert check_in["topic"]["enum"] == topics
     assert check_in["channel"]["enum"] == channels
-    assert set(check["responses"]) == {"200", "401", "403", "422", "503"}
+    assert set(check["responses"]) == {"200", "401", "403", "422", "429", "503"}
     batch = document["paths"]["/v1/check"]["post"]
-    assert set(batch["responses"]) == {"200", "401", "403", "413", "422", "503"}
+    assert set(batch["responses"]) == {"200", "401", "403", "413", "422", "429", "503"}
     error = {"$ref": "#/components/schemas/ErrorOut"}
     assert batch["responses"]["413"]["content"]["application/json"]["schema"] == error
     assert document["components"]["securitySchemes"]["bearer"] == {

@@ -100,10 +100,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error answers of a route, for the OpenAPI document."""
     descriptions = {
         401: "No valid bearer token.",
-        403: "The token lacks the `read` scope.",
+        403: "The token lacks the scope the operation lists (`scope_forbidden`), or does not act"
+        " for the tenant asked (`tenant_forbidden`).",
         404: "No subject has this id (`unknown_subject`).",
         413: "The request body is larger than `OPTOUT_HTTP_MAX_BODY_BYTES`.",
         422: "Invalid input; `field` names it.",
+        429: "Past a rate limit (`rate_limited`); `Retry-After` says when to try again.",
         503: "Redis or PostgreSQL did not answer, or `OPTOUT_IDENTIFIER_KEY` is missing to"
         " recognise an erased identifier (`identifier_key_missing`).",
     }

@@ -64,7 +64,7 @@ SubjectIdPath = Annotated[
 router = APIRouter(
     prefix="/v1",
     dependencies=[requires("check")],
-    responses=error_responses(401, 403, 422, 503),
+    responses=error_responses(401, 403, 422, 429, 503),
 )
 
 

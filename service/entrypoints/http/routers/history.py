@@ -70,7 +70,7 @@ SubjectIdPath = Annotated[
 router = APIRouter(
     prefix="/v1",
     dependencies=[requires("history")],
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 429, 503),
 )
 
 _NEXT_PAGE = {

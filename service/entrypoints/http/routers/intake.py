@@ -38,7 +38,7 @@ from service.entrypoints.http.security import ApiToken, Caller, requires
 MAX_COMMANDS = 500
 MAX_WAIT_SECONDS = 10.0
 
-router = APIRouter(prefix="/v1", tags=["channels"], responses=error_responses(401, 403, 422))
+router = APIRouter(prefix="/v1", tags=["channels"], responses=error_responses(401, 403, 422, 429))
 
 
 def _answer(accepted: Accepted) -> dict[str, Any]:
