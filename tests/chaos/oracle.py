@@ -6,6 +6,12 @@ last-writer-wins and the decision rule are restated here from the brief. ``Fold`
 the command log in partition order (the order the worker must respect; a subject's
 commands share a key, hence a partition) and gives the expected outcome of every record
 and the expected rules and version of every subject.
+
+The oracle knows the statements a person made, per (topic, channel). The stores also keep
+the SMS restore registers, topics ``#kept`` and ``#restore`` on `sms`, as ordinary rule rows
+(bookkeeping for START undoing a keyword STOP; `#` never starts a catalog topic). A store is
+compared with the oracle without them (``is_register``); decisions, which they shape, are
+judged whole, and store-to-store comparisons keep them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ CHANNELS = frozenset({"email", "sms", "push", "in_app", "voice", "whatsapp"})
 SOURCE_CHANNELS = frozenset(
     {"web", "mobile", "api", "email", "sms", "push", "voice", "support", "import", "system"}
 )
+# The SMS restore registers, restated (the service's ``domain/sms_restore``).
+REGISTERS = frozenset({"#kept", "#restore"})
+
+
+def is_register(topic: str) -> bool:
+    """A stored row that is an SMS restore register, not a statement the oracle knows."""
+    return topic in REGISTERS
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class WorkerPool:
 
 @dataclass
 class ApiProcess:
-    """`optout api` with one read token; answers GET /v1/subjects/{id}/check."""
+    """`optout api` with one read token of every tenant; answers GET /v1/subjects/{id}/check."""
 
     settings: Settings
     log_dir: Path
@@ -122,7 +122,8 @@ class ApiProcess:
         env = worker_env(self.settings)
         env["OPTOUT_HTTP_PORT"] = str(self.port)
         env["OPTOUT_ADMIN_PORT"] = str(self.admin_port)
-        env["OPTOUT_API_TOKENS"] = f"chaos:{self.token}:read"
+        # Every tenant: each read names the tenant it asks about.
+        env["OPTOUT_API_TOKENS"] = f"chaos:{self.token}:check:*"
         with open(self.log_dir / "api.log", "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "service.entrypoints.cli", "api"],

@@ -38,6 +38,7 @@ from service.settings import Settings
 from tests.conftest import free_port
 from tests.integration.test_read_path import QUESTIONS, decision_json, oracle, random_commands
 from tests.support.contract_client import ContractClient
+from tests.support.oracle import statements
 from tests.support.throwaway import ThrowawayRedisCluster, throwaway_redis_cluster
 
 pytestmark = pytest.mark.integration
@@ -116,7 +117,7 @@ async def test_worker_writes_through_to_the_cluster(
         assert found is not None, subject_id
         want = stored[SubjectKey("default", subject_id)]
         assert (found.version, dict(found.rules)) == (want.version, dict(want.rules))
-        assert dict(found.rules) == oracle(docs, subject_id)
+        assert statements(found.rules) == oracle(docs, subject_id)
     assert await primaries_holding_keys(cluster_client) == 3
 
 
@@ -153,7 +154,7 @@ async def test_sdk_on_the_cluster_agrees_with_the_standalone_redis(
                     assert decision_json(got) == decision_json(want), (subject_id, topic)
                 prefs = await on_the_cluster.preferences(subject_id)
                 assert prefs == await standalone.preferences(subject_id)
-                assert dict(prefs.state.rules) == oracle(docs, subject_id)
+                assert statements(prefs.state.rules) == oracle(docs, subject_id)
     assert await primaries_holding_keys(cluster_client) == 3
     cached = await ClusterStateReader(
         cluster_client, ClusterStateCache(cluster_client, on_cluster.redis_prefix)
