@@ -422,3 +422,58 @@ async def test_a_replayed_signed_webhook_is_a_duplicate_and_changes_nothing(
         finally:
             await conn.close()
         assert [e["version"] for e in out.events[f"phone:{sender}"]] == [1, 2]
+
+
+async def test_sms_numbers_map_to_tenants_and_a_stop_is_never_lost(settings: Settings) -> None:
+    """A number serves the tenants `OPTOUT_SMS_NUMBERS` gives it; a STOP to a number outside
+    the mapping is applied in every listed tenant; a START there is refused and writes nothing
+    (the same START to a mapped number is the positive control)."""
+    own = channel_settings(settings).model_copy(
+        update={"sms_numbers": "+14155550001:acme+beta,+14155550002:gamma"}
+    )
+    async with (
+        running(own) as service,
+        http_client(service.base_url) as http,
+        ContractClient(own) as out,
+        await OptoutClient.connect(own, local_cache=False) as sdk,
+    ):
+
+        async def reply(body: str, sender: str, to: str) -> str:
+            params = {"From": sender, "To": to, "Body": body, "MessageSid": sid()}
+            answer = await http.post(SMS_PATH, data=params, headers=signed(service, params))
+            assert answer.status_code == 200, answer.text
+            return f"sms:{params['MessageSid']}"
+
+        async def tenants_of(command_id: str, count: int) -> list[str]:
+            await out.wait_for(lambda: len(out.outcomes.get(command_id, [])) >= count)
+            outcomes = out.outcomes[command_id]
+            assert all(o["status"] == "applied" for o in outcomes), outcomes
+            return sorted(o["tenant"] for o in outcomes)
+
+        mapped, unlisted = "+14155550301", "+14155550302"
+        assert await tenants_of(await reply("STOP", mapped, "+14155550001"), 2) == [
+            "acme",
+            "beta",
+        ]
+        assert await tenants_of(await reply("STOP", unlisted, "+14155550009"), 3) == [
+            "acme",
+            "beta",
+            "gamma",
+        ]
+        for tenant in ("acme", "beta", "gamma"):
+            decision = await sdk.is_allowed(f"phone:{unlisted}", "marketing", "sms", tenant)
+            assert not decision.allowed, tenant
+        assert (await sdk.is_allowed(f"phone:{mapped}", "marketing", "sms", "gamma")).allowed
+
+        before = await published(own)
+        await reply("START", unlisted, "+14155550009")
+        assert await published(own) == before  # refused: nothing written
+        for tenant in ("acme", "beta", "gamma"):
+            decision = await sdk.is_allowed(f"phone:{unlisted}", "marketing", "sms", tenant)
+            assert not decision.allowed, tenant
+        assert await tenants_of(await reply("START", mapped, "+14155550001"), 2) == [
+            "acme",
+            "beta",
+        ]
+        assert await published(own) == before + 2
+        assert (await sdk.is_allowed(f"phone:{mapped}", "marketing", "sms", "acme")).allowed
