@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
-from service.adapters.kafka.consumer import WorkerState, register_worker
+from service.adapters.kafka.consumer import GroupMembership, WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
@@ -483,6 +483,11 @@ async def _start_worker(
         backoff_max_seconds=settings.retry_backoff_max_seconds,
         telemetry=container.metrics,
         stage=commands.store if settings.worker_pipeline else None,
+        membership=GroupMembership(
+            session_timeout_ms=round(settings.consumer_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=round(settings.consumer_heartbeat_interval_seconds * 1000),
+            instance_id=settings.consumer_instance_id or None,
+        ),
     )
 
     async def kafka_probe() -> str | None:

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_KEY_BYTES = 32
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication: int = Field(default=1, ge=1)
     consumer_group: str = "optout-worker"
+    # How long the group waits for a worker that stopped answering before its partitions
+    # move (the broker's group.min.session.timeout.ms, 6 s by default, bounds it from below),
+    # and how often a worker says it is alive (at most a third of the session timeout).
+    consumer_session_timeout_seconds: float = Field(default=7.0, ge=1.0, le=300.0)
+    consumer_heartbeat_interval_seconds: float = Field(default=1.0, ge=0.1, le=100.0)
+    # Static group membership: a restarted worker with the same id takes its partitions back
+    # without a rebalance. Unique per worker process (`--processes N` appends `-i`).
+    consumer_instance_id: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
 
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
     batch_wait_seconds: float = Field(default=0.005, ge=0, le=1.0)
@@ -150,6 +158,15 @@ class Settings(BaseSettings):
                 f"must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -base64 48`)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _heartbeats_within_the_session(self) -> Settings:
+        if self.consumer_heartbeat_interval_seconds * 3 > self.consumer_session_timeout_seconds:
+            raise ValueError(
+                "OPTOUT_CONSUMER_HEARTBEAT_INTERVAL_SECONDS must be at most a third of"
+                " OPTOUT_CONSUMER_SESSION_TIMEOUT_SECONDS"
+            )
+        return self
 
     def as_environment(self) -> dict[str, str]:
         """These settings as ``OPTOUT_*`` variables, for starting another process with them."""

@@ -44,6 +44,8 @@ def run_processes(count: int, admin_port: int) -> int:
     for index in range(count):
         env = dict(os.environ)
         env["OPTOUT_ADMIN_PORT"] = str(admin_port + index if admin_port else 0)
+        if env.get("OPTOUT_CONSUMER_INSTANCE_ID"):  # static membership: one id per process
+            env["OPTOUT_CONSUMER_INSTANCE_ID"] += f"-{index}"
         children.append(subprocess.Popen([sys.executable, "-c", _START, "worker"], env=env))  # noqa: S603
     log.info("worker_processes_started", processes=count, pids=[c.pid for c in children])
     status = 0

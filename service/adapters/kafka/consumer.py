@@ -264,6 +264,21 @@ async def _hold_gaps(
 WORKER_FETCH_MAX_WAIT_MS = 20
 
 
+@dataclass(frozen=True, slots=True)
+class GroupMembership:
+    """How the worker holds its place in the consumer group.
+
+    The session timeout is how long the group waits for a member that stopped answering (a
+    killed worker) before its partitions move; heartbeats must come well within it. A
+    static ``instance_id`` lets a restarted worker take its partitions back without a
+    rebalance (a rolling deploy), but a killed one is still only replaced after the session
+    timeout."""
+
+    session_timeout_ms: int = 7_000
+    heartbeat_interval_ms: int = 1_000
+    instance_id: str | None = None
+
+
 def register_worker(
     broker: KafkaBroker,
     *,
@@ -276,6 +291,7 @@ def register_worker(
     backoff_max_seconds: float,
     telemetry: ConsumerTelemetry | None = None,
     stage: StoreStage | None = None,
+    membership: GroupMembership | None = None,
 ) -> Any:
     """Subscribe the worker. With `stage`, batches are pipelined: a batch's first stage
     (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
@@ -283,6 +299,7 @@ def register_worker(
     its batch's outputs were acknowledged. Whatever fails is processed again whole by
     `process` (retried, isolated), after the outputs of every earlier batch."""
     report: ConsumerTelemetry = telemetry or _Silent()
+    member = membership or GroupMembership()
     subscriber_ref: list[Any] = []
 
     def consumer_of() -> Any:
@@ -300,6 +317,9 @@ def register_worker(
         parser=raw_batch_parser(consumer_of),
         decoder=_raw_records,
         max_poll_interval_ms=600_000,
+        session_timeout_ms=member.session_timeout_ms,
+        heartbeat_interval_ms=member.heartbeat_interval_ms,
+        group_instance_id=member.instance_id,
         # aiokafka keeps one fetch in flight per broker, and leaves out of it the partitions
         # whose records were just returned: a command arriving on such a partition waited
         # for the others' fetch to time out (500 ms by default) before it was even read.
