@@ -308,7 +308,9 @@ def register_worker(
     (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
     outputs go out in batch order and offsets are committed in that order, each only after
     its batch's outputs were acknowledged. Whatever fails is processed again whole by
-    `process` (retried, isolated), after the outputs of every earlier batch."""
+    `process` (retried, isolated), after the outputs of every earlier batch. A batch whose
+    stages succeeded as they came reports its latency waterfall (``waterfall.py``) once its
+    outcomes are acknowledged."""
     report: ConsumerTelemetry = telemetry or _Silent()
     member = membership or GroupMembership()
     subscriber_ref: list[Any] = []
