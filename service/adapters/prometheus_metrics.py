@@ -8,16 +8,23 @@ updates, not a few per record.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.application.rate_limits import RULES
 from service.application.telemetry import LaneFigures
+from service.application.waterfall import STEPS, Step
 
 # Seconds, from a local round trip to a long outage: one ladder for every latency here.
 _LATENCY = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+# A step of the waterfall, from a tenth of a millisecond to a stall of seconds.
+_STEP = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+    5.0,
 )  # fmt: skip
 _SIZES = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 DEPENDENCIES = ("postgresql", "redis", "kafka")
@@ -72,6 +79,16 @@ class PrometheusMetrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.waterfall_steps = Histogram(
+            "optout_waterfall_seconds",
+            "A batch's way from the Kafka timestamp to its outcomes acknowledged, in consecutive"
+            " steps, observed once per batch: fetch (for the batch's oldest record), queued,"
+            " decode, postgresql, outputs_queued, redis, event_ack, outcome_ack.",
+            ["step"],
+            buckets=_STEP,
+            registry=r,
+        )
+        self._steps = {step: self.waterfall_steps.labels(step) for step in STEPS}
         self.occurred_to_effective = Histogram(
             "optout_occurred_to_effective_seconds",
             "From a command's occurred_at to its effective_at.",
@@ -191,6 +208,10 @@ class PrometheusMetrics:
 
     def committed(self, seconds: float) -> None:
         self.stage.labels("commit").observe(seconds)
+
+    def waterfall(self, steps: Sequence[tuple[Step, float]]) -> None:
+        for step, seconds in steps:
+            self._steps[step].observe(seconds)
 
     def retry(self, dependency: str) -> None:
         self.dependency_errors.labels(dependency).inc()

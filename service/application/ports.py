@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from service.application.records import RawRecord
+from service.application.waterfall import StepClock
 from service.contract.encode import EncodedEvent
 from service.domain.apply import BatchResult, CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
@@ -154,4 +155,6 @@ class Publisher(Protocol):
         events: Sequence[EventMessage],
         outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
+        *,
+        clock: StepClock | None = None,
     ) -> None: ...

@@ -32,6 +32,7 @@ from service.application.ports import (
 from service.application.records import RawRecord
 from service.application.rekey_erased import rekey_erased
 from service.application.telemetry import NO_TELEMETRY, LaneFigures, PipelineTelemetry
+from service.application.waterfall import StepClock
 from service.contract.decode import DeadLetter, decode_command
 from service.contract.encode import encode_events, outcome_json
 from service.domain.apply import BatchResult, Pseudonym, apply_batch
@@ -76,6 +77,7 @@ class _StoredLane:
     outputs: _Outputs
     decode_seconds: float
     store_seconds: float
+    decoded_at: float
 
 
 Finish = Callable[[], Awaitable[None]]
@@ -233,7 +235,11 @@ class ProcessCommands:
         await finish()
 
     async def store(
-        self, records: Sequence[RawRecord], refused: Mapping[Delivery, str] | None = None
+        self,
+        records: Sequence[RawRecord],
+        refused: Mapping[Delivery, str] | None = None,
+        *,
+        clock: StepClock | None = None,
     ) -> Finish:
         """The first stage: decode, decide and commit the batch to PostgreSQL.
 
@@ -242,6 +248,10 @@ class ProcessCommands:
         batch order, so a key's events keep their order on the topic. A failure in either
         stage raises; the records' answers are in the processed log from the first stage's
         commit on, so processing the batch again replays them.
+
+        `clock`, when given, is told when the batch's steps end (``waterfall.py``): decoding
+        (every lane's), PostgreSQL (every lane committed), the wait for the earlier batch's
+        outputs, Redis, and through the publisher the acknowledgements.
         """
         started = time.perf_counter()
         # A small batch (a steady rate rather than a backlog) is cheaper, in CPU and in
@@ -255,9 +265,15 @@ class ProcessCommands:
                 group.create_task(self._store_lane(lane, refused or {})) for lane in lanes.values()
             ]
         stored = [t.result() for t in tasks]
+        if clock is not None:
+            clock.mark("decode", at=max(lane.decoded_at for lane in stored))
+            if any(lane.commands for lane in stored):
+                clock.mark("postgresql")
 
         async def finish() -> None:
-            self._log_batch(len(records), await self._send(stored), started)
+            if clock is not None:
+                clock.mark("outputs_queued")
+            self._log_batch(len(records), await self._send(stored, clock), started)
 
         return finish
 
@@ -355,25 +371,37 @@ class ProcessCommands:
         else:
             outputs = _Outputs(ToSave(BatchResult(), [], []), [], [])
         return _StoredLane(
-            records, commands, dead, outputs, decoded_at - started, time.perf_counter() - decoded_at
+            records,
+            commands,
+            dead,
+            outputs,
+            decoded_at - started,
+            time.perf_counter() - decoded_at,
+            decoded_at,
         )
 
-    async def _send(self, lanes: Sequence[_StoredLane]) -> list[_LaneReport]:
+    async def _send(
+        self, lanes: Sequence[_StoredLane], clock: StepClock | None = None
+    ) -> list[_LaneReport]:
         """The second stage of every lane at once: one Redis write, then one wave of events
         and one of outcomes for the whole batch (each wave is a produce request that waits
         for the broker, so one per lane cost a request per lane)."""
         results = [lane.outputs.to_save.result for lane in lanes]
         started = time.perf_counter()
-        await self._cache.write([s for r in results for s in r.states.values()])
+        states = [s for r in results for s in r.states.values()]
+        await self._cache.write(states)
         fences = [f for r in results for f in r.fences]
         if fences:
             await self._cache.write(fences, ttl_seconds=self._fence_seconds)
         cached = time.perf_counter()
+        if clock is not None and (states or fences):
+            clock.mark("redis", at=cached)
         events = [e for lane in lanes for e in lane.outputs.events]
         await self._publisher.publish(
             events,
             [o for lane in lanes for o in lane.outputs.outcomes],
             [d for lane in lanes for d in lane.dead],
+            clock=clock,
         )
         tombstones = [e for e in events if e.payload is None]
         if tombstones and self._tombstones is not None:

@@ -31,6 +31,7 @@ METRICS: dict[str, Metric] = {
         _m("optout_batch_records", "histogram"),
         _m("optout_stage_duration_seconds", "histogram", "stage"),
         _m("optout_record_to_event_seconds", "histogram"),
+        _m("optout_waterfall_seconds", "histogram", "step"),
         _m("optout_occurred_to_effective_seconds", "histogram"),
         _m("optout_consumer_lag_records", "gauge", "topic", "partition"),
         _m("optout_consumer_lag_seconds", "gauge", "topic", "partition"),

@@ -29,6 +29,7 @@ from service.application.ports import (
 )
 from service.application.process_commands import ProcessCommands
 from service.application.records import RawRecord
+from service.application.waterfall import StepClock
 from service.domain.apply import CommandKey, ProcessedRecord
 from service.domain.catalog import DEFAULT_CATALOG
 from service.domain.commands import Delivery
@@ -193,7 +194,10 @@ class FakePublisher:
         events: Sequence[EventMessage],
         outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
+        *,
+        clock: StepClock | None = None,
     ) -> None:
+        # The acknowledgements' steps are marked by the Kafka publisher, not by this fake.
         self.calls += 1
         if self.fail:
             raise DependencyUnavailable("kafka", "KafkaConnectionError")

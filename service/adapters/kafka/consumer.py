@@ -36,14 +36,21 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 from service.adapters.kafka.offsets import GapCheck, Partition
 from service.application.errors import DependencyUnavailable, leaf_failures, unavailable_in
 from service.application.records import RawRecord
+from service.application.waterfall import BatchClock, Step, StepClock
 
 log = structlog.get_logger(__name__)
 
 BatchProcessor = Callable[[Sequence[RawRecord]], Awaitable[None]]
-# A batch's first stage (decode, decide, commit to PostgreSQL), returning its second stage
-# (Redis, then Kafka until acknowledged).
 FinishStage = Callable[[], Awaitable[None]]
-StoreStage = Callable[[Sequence[RawRecord]], Awaitable[FinishStage]]
+
+
+class StoreStage(Protocol):
+    """A batch's first stage (decode, decide, commit to PostgreSQL), returning its second
+    stage (Redis, then Kafka until acknowledged); both mark their steps on `clock`."""
+
+    def __call__(
+        self, records: Sequence[RawRecord], *, clock: StepClock | None = None
+    ) -> Awaitable[FinishStage]: ...
 
 
 @dataclass
@@ -96,6 +103,7 @@ class ConsumerTelemetry(Protocol):
 
     def batch(self, records: int) -> None: ...
     def committed(self, seconds: float) -> None: ...
+    def waterfall(self, steps: Sequence[tuple[Step, float]]) -> None: ...
     def retry(self, dependency: str) -> None: ...
     def lag(self, topic: str, partition: int, records: int, seconds: float) -> None: ...
     def forget_partition(self, topic: str, partition: int) -> None: ...
@@ -106,6 +114,9 @@ class _Silent:
         return None
 
     def committed(self, seconds: float) -> None:
+        return None
+
+    def waterfall(self, steps: Sequence[tuple[Step, float]]) -> None:
         return None
 
     def retry(self, dependency: str) -> None:
@@ -297,7 +308,9 @@ def register_worker(
     (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
     outputs go out in batch order and offsets are committed in that order, each only after
     its batch's outputs were acknowledged. Whatever fails is processed again whole by
-    `process` (retried, isolated), after the outputs of every earlier batch."""
+    `process` (retried, isolated), after the outputs of every earlier batch. A batch whose
+    stages succeeded as they came reports its latency waterfall (``waterfall.py``) once its
+    outcomes are acknowledged."""
     report: ConsumerTelemetry = telemetry or _Silent()
     member = membership or GroupMembership()
     subscriber_ref: list[Any] = []
@@ -358,6 +371,9 @@ def register_worker(
             partition: max(0.0, arrived - first / 1000)
             for partition, first in first_timestamps(records).items()
         }
+        # The oldest record's wait, from its Kafka timestamp (wall clock) to now; the rest
+        # of the batch's steps are measured on the monotonic clock.
+        clock = BatchClock(fetch_seconds=max(waited.values()))
         state.begin()
         handed_over = False
         try:
@@ -376,7 +392,8 @@ def register_worker(
                 return
             # One batch's second stage at a time runs beside the next one's first.
             await outputs.settle(pending=1)
-            finish = await _first_stage(records, stage) if stage is not None else None
+            clock.mark("queued")
+            finish = await _first_stage(records, stage, clock) if stage is not None else None
             for partition, position in positions.items():
                 state.gaps.processed(partition, position)
             batch = records
@@ -394,6 +411,9 @@ def register_worker(
                             log.warning(
                                 "batch_outputs_failed", error=describe(exc), records=len(batch)
                             )
+                        if done:
+                            # Only a batch that went through its stages once, as they came.
+                            report.waterfall(clock.steps())
                     # The whole batch, retried and isolated as needed: without a first
                     # stage, or after one whose outputs failed (its answers are then in the
                     # processed log and are replayed), or after an abandoned batch.
@@ -428,10 +448,12 @@ def register_worker(
     return subscriber
 
 
-async def _first_stage(records: Sequence[RawRecord], stage: StoreStage) -> FinishStage | None:
+async def _first_stage(
+    records: Sequence[RawRecord], stage: StoreStage, clock: StepClock
+) -> FinishStage | None:
     """The batch's first stage, or None when it failed (the caller processes it whole)."""
     try:
-        return await stage(records)
+        return await stage(records, clock=clock)
     except Exception as exc:
         log.warning("batch_first_stage_failed", error=describe(exc), records=len(records))
         return None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from service.adapters.kafka.producer import KafkaOutput, OutgoingRecord
 from service.application.ports import DeadLetterRecord, EventMessage, OutcomeMessage
+from service.application.waterfall import StepClock
 
 _JSON = (("content-type", b"application/json"),)
 
@@ -37,7 +38,11 @@ class ContractPublisher:
         events: Sequence[EventMessage],
         outcomes: Sequence[OutcomeMessage],
         dead_letters: Sequence[DeadLetterRecord],
+        *,
+        clock: StepClock | None = None,
     ) -> None:
+        """Send and wait for the acknowledgements; `clock` learns when each wave was
+        acknowledged (`event_ack`, then `outcome_ack`; a single wave is `outcome_ack`)."""
         first = [
             *(
                 OutgoingRecord(
@@ -58,9 +63,13 @@ class ContractPublisher:
         ]
         if events:
             await self._output.send_all(first)
+            if clock is not None:
+                clock.mark("event_ack")
             await self._output.send_all(answers)
         else:
             await self._output.send_all([*first, *answers])
+        if clock is not None:
+            clock.mark("outcome_ack")
 
 
 def _dlq_headers(dead: DeadLetterRecord) -> tuple[tuple[str, bytes], ...]:
