@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -434,6 +435,16 @@ async def _start_worker_when_possible(
     container.worker_first_try.set()
 
 
+def _answers(readiness: Readiness) -> Callable[[str], Awaitable[bool]]:
+    """Whether a dependency answers now: its own readiness probe, run afresh (not cached)."""
+
+    async def answers(dependency: str) -> bool:
+        probe = readiness.probes.get(dependency)
+        return probe is not None and await probe() is None
+
+    return answers
+
+
 async def _start_worker(
     settings: Settings, stack: AsyncExitStack, container: Container, state: WorkerState
 ) -> None:
@@ -488,6 +499,8 @@ async def _start_worker(
             heartbeat_interval_ms=round(settings.consumer_heartbeat_interval_seconds * 1000),
             instance_id=settings.consumer_instance_id or None,
         ),
+        answers=_answers(container.readiness),
+        probe_every_s=settings.retry_probe_interval_seconds,
     )
 
     async def kafka_probe() -> str | None:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(default=64 * 1024, ge=1_024)
     max_future_seconds: float = Field(default=300.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=5.0, gt=0)
+    # While a failing batch waits out its backoff, the failing dependency's readiness probe is
+    # asked this often; the wait ends once it answers again (adapters/kafka/recovery.py).
+    retry_probe_interval_seconds: float = Field(default=0.25, ge=0.05, le=10.0)
     # On SIGTERM: how long the in-flight batch may take to finish and commit.
     shutdown_deadline_seconds: float = Field(default=20.0, gt=0)
     # The processed-command and event logs keep this long, never less than the commands

@@ -34,6 +34,7 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
 from service.adapters.kafka.offsets import GapCheck, Partition
+from service.adapters.kafka.recovery import DependencyAnswers, RecoveryPause
 from service.application.errors import DependencyUnavailable, leaf_failures, unavailable_in
 from service.application.records import RawRecord
 from service.application.waterfall import BatchClock, Step, StepClock
@@ -303,6 +304,8 @@ def register_worker(
     telemetry: ConsumerTelemetry | None = None,
     stage: StoreStage | None = None,
     membership: GroupMembership | None = None,
+    answers: DependencyAnswers | None = None,
+    probe_every_s: float = 0.25,
 ) -> Any:
     """Subscribe the worker. With `stage`, batches are pipelined: a batch's first stage
     (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
@@ -310,7 +313,8 @@ def register_worker(
     its batch's outputs were acknowledged. Whatever fails is processed again whole by
     `process` (retried, isolated), after the outputs of every earlier batch. A batch whose
     stages succeeded as they came reports its latency waterfall (``waterfall.py``) once its
-    outcomes are acknowledged."""
+    outcomes are acknowledged. `answers` (a dependency's readiness probe) cuts a retry's
+    backoff short once the dependency that failed answers again (``recovery.py``)."""
     report: ConsumerTelemetry = telemetry or _Silent()
     member = membership or GroupMembership()
     subscriber_ref: list[Any] = []
@@ -418,7 +422,12 @@ def register_worker(
                     # stage, or after one whose outputs failed (its answers are then in the
                     # processed log and are replayed), or after an abandoned batch.
                     done = done or await _process_until_done(
-                        batch, process, state, backoff_max_seconds, report
+                        batch,
+                        process,
+                        state,
+                        backoff_max_seconds,
+                        report,
+                        RecoveryPause(answers, probe_every_s=probe_every_s),
                     )
                     if done:
                         await commit(consumer, batch)
@@ -489,8 +498,11 @@ async def _process_until_done(
     state: WorkerState,
     backoff_max_seconds: float,
     report: ConsumerTelemetry,
+    pause: RecoveryPause | None = None,
 ) -> bool:
-    """Retry the batch until it succeeds; give up only when its partitions moved away."""
+    """Retry the batch until it succeeds; give up only when its partitions moved away. The
+    pause between attempts ends early once the failing dependency answers again."""
+    pause = pause or RecoveryPause(None)
     owned = {(r.topic, r.partition) for r in records}
 
     def revoked(attempt: RetryCallState) -> bool:
@@ -503,6 +515,7 @@ async def _process_until_done(
         reason = describe(failure)
         unavailable = unavailable_in(failure) if failure is not None else None
         report.retry(unavailable.dependency if unavailable is not None else "other")
+        pause.waiting_for = unavailable.dependency if unavailable is not None else None
         if state.failing is None:
             log.error("batch_failed_retrying", error=reason, records=len(records))
             state.failing_since = time.time()
@@ -512,6 +525,7 @@ async def _process_until_done(
         wait=wait_exponential(multiplier=0.05, max=backoff_max_seconds),
         stop=revoked,
         before_sleep=failed,
+        sleep=pause,
     )
     try:
         async for attempt in retrying:
@@ -524,7 +538,7 @@ async def _process_until_done(
         log.warning("batch_abandoned_after_revocation", records=len(records))
         return False
     if state.failing is not None:
-        log.info("batch_recovered")
+        log.info("batch_recovered", pause_cut_short=pause.woke_early)
     state.failing = None
     state.failing_since = None
     return True
