@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 Step = Literal[
     "fetch",
@@ -26,16 +26,7 @@ Step = Literal[
     "outcome_ack",
 ]
 # In the order a batch goes through them.
-STEPS: tuple[Step, ...] = (
-    "fetch",
-    "queued",
-    "decode",
-    "postgresql",
-    "outputs_queued",
-    "redis",
-    "event_ack",
-    "outcome_ack",
-)
+STEPS: tuple[Step, ...] = get_args(Step)
 
 
 class StepClock(Protocol):
