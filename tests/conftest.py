@@ -6,7 +6,6 @@ group, so tests run in any order (and in parallel) against one shared stack.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 
 from service.adapters.postgres.migrator import migrate
 from service.settings import Settings
+from tests.support.ports import free_port
 from tests.support.services import Endpoints, service_endpoints
 
 
@@ -25,12 +25,6 @@ from tests.support.services import Endpoints, service_endpoints
 def endpoints() -> Iterator[Endpoints]:
     with service_endpoints() as found:
         yield found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -73,10 +73,20 @@ class Service:
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self._stop_requested = False
         self.container: Container | None = None
+        # The ports actually bound, by server ("http", "admin"): a port of 0 in the settings
+        # lets the system choose a free one.
+        self.ports: dict[str, int] = {}
 
     async def __aenter__(self) -> Service:
         settings = self.settings
+        # The ports are bound first: a taken port fails the start before anything connects,
+        # and none of the process's own connections can take a port meant for a server.
+        listeners: dict[str, socket.socket] = {}
         try:
+            if self.public:
+                listeners["http"] = _listen(settings.http_host, settings.http_port)
+            listeners["admin"] = _listen(settings.admin_host, settings.admin_port)
+            self.ports = {name: int(sock.getsockname()[1]) for name, sock in listeners.items()}
             self.container = container = await build_container(
                 settings,
                 self._stack,
@@ -99,33 +109,35 @@ class Service:
                     throttle=container.throttle,
                 )
                 openapi = app.openapi
-                await self._start_server(app, settings.http_host, settings.http_port)
+                await self._start_server(app, listeners.pop("http"))
             admin = build_admin_app(
                 container.readiness,
                 liveness=container.liveness,
                 metrics_registry=container.metrics.registry,
                 openapi=openapi,
             )
-            await self._start_server(admin, settings.admin_host, settings.admin_port)
+            await self._start_server(admin, listeners.pop("admin"))
         except BaseException:
+            for listener in listeners.values():
+                listener.close()
             await self._stop_http()
             await self._stack.aclose()
             raise
         log.info(
             "service_started",
             worker=self.with_worker,
-            http=f"http://{settings.http_host}:{settings.http_port}" if self.public else None,
-            admin=f"http://{settings.admin_host}:{settings.admin_port}",
+            http=f"http://{settings.http_host}:{self.ports['http']}" if self.public else None,
+            admin=f"http://{settings.admin_host}:{self.ports['admin']}",
         )
         return self
 
-    async def _start_server(self, app: Any, host: str, port: int) -> None:
+    async def _start_server(self, app: Any, listener: socket.socket) -> None:
+        host, port = listener.getsockname()[:2]
         config = uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
         server = uvicorn.Server(config)
         server.should_exit = self._stop_requested
-        listener = _listen(host, port)
         # serve() closes the listener when it stops.
         task = asyncio.create_task(server.serve(sockets=[listener]))
         self._servers.append((server, task))

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from service.adapters.postgres.migrator import migrate
 from service.adapters.redis_client import create_redis
 from service.settings import Settings
-from tests.chaos.processes import free_port
+from tests.support.ports import free_port
 from tests.support.throwaway import (
     ThrowawayKafka,
     ThrowawayPostgres,

@@ -11,7 +11,6 @@ stalls or loses records, which in a shared stream would take every other class d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import subprocess
@@ -34,7 +33,7 @@ from tests.chaos import hostile
 from tests.chaos.commands import CommandFactory, Planned
 from tests.chaos.generator import base_time
 from tests.chaos.kafka_io import CommandProducer, OutputLog, answered, bounded, read_log
-from tests.chaos.processes import free_port
+from tests.chaos.probe_host import ports_dir
 from tests.chaos.verdict import Evidence, label_failures, snapshot_postgres, snapshot_redis, verdict
 
 INSTANCES = 4
@@ -63,26 +62,34 @@ def probe_settings(base: Settings, name: str) -> Settings:
             "worker_lanes": 1,
             "batch_max_records": 50,
             "retry_backoff_max_seconds": 0.5,
-            "http_port": free_port(),
-            "admin_port": free_port(),
             "log_format": "json",
         }
     )
 
 
-async def _ready(settings: Settings, within_s: float) -> bool:
+async def _readiness(settings: Settings, ports: Path, within_s: float) -> str | None:
+    """None once the worker is ready; otherwise what its last ``/readyz`` said."""
     deadline = time.monotonic() + within_s
+    last = "no admin port yet"
+    port_file = ports / settings.consumer_group
     async with httpx.AsyncClient(timeout=1) as http:
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                url = f"http://127.0.0.1:{settings.admin_port}/readyz"
-                if (await http.get(url)).status_code == 200:
-                    return True
+            if not port_file.exists():
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                answer = await http.get(f"http://127.0.0.1:{port_file.read_text()}/readyz")
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            else:
+                if answer.status_code == 200:
+                    return None
+                last = answer.text[:300]
             await asyncio.sleep(0.2)
-    return False
+    return last
 
 
-async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str, Any]:
+async def _probe(name: str, settings: Settings, config: ProbeConfig, ports: Path) -> dict[str, Any]:
     rng = random.Random(config.seed * 1_000_003 + zlib.crc32(name.encode()))
     f = CommandFactory(rng, base_time(), f"p{config.seed}{name}")
     before = [CommandFactory.planned("base.before", f.fresh()) for _ in range(2)]
@@ -100,8 +107,8 @@ async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str
     await producer.start()
     started = time.monotonic()
     try:
-        if not await _ready(settings, 90):
-            return {"passed": False, "failures": {"worker_not_ready": 1}, "examples": []}
+        if (not_ready := await _readiness(settings, ports, 90)) is not None:
+            return {"passed": False, "failures": {"worker_not_ready": 1}, "examples": [not_ready]}
         for group in (before, records, after):
             for planned in group:
                 await producer.send(planned)
@@ -119,6 +126,8 @@ async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str
             progress=lambda: sum(answered(s, outputs) for s in producer.sent),
         )
         answered_in = time.monotonic() - sent_at
+        # What the worker says about itself when it did not answer everything, for the report.
+        stuck_because = None if complete else await _readiness(settings, ports, 0.5)
         await asyncio.sleep(0.5)  # the last events
         log = await read_log(settings.kafka_bootstrap, settings.topic_commands, 1)
     finally:
@@ -148,6 +157,8 @@ async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str
         if report[key]:
             failures[key] = report[key]
     examples = [e for label in (name, "base.after") for e in report["labels"][label]["examples"]]
+    if stuck_because is not None:
+        examples.insert(0, f"worker readiness: {stuck_because}")
     return {
         "passed": not failures and complete,
         "records": len(log),
@@ -159,17 +170,19 @@ async def _probe(name: str, settings: Settings, config: ProbeConfig) -> dict[str
     }
 
 
-def _start_host(configs: list[Settings], run_dir: Path) -> subprocess.Popen[bytes]:
-    """One process running a worker per probe (``tests.chaos.probe_host``)."""
+def _start_host(configs: list[Settings], run_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """One process running a worker per probe (``tests.chaos.probe_host``), and the directory
+    where it writes each worker's admin port."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "probe-workers.json"
     config_file.write_text(json.dumps([s.as_environment() for s in configs]))
     with open(run_dir / "probe-workers.log", "ab") as log:
-        return subprocess.Popen(
+        host = subprocess.Popen(
             [sys.executable, "-m", "tests.chaos.probe_host", str(config_file)],
             stdout=log,
             stderr=log,
         )
+    return host, ports_dir(config_file)
 
 
 async def probe_classes(
@@ -183,13 +196,13 @@ async def probe_classes(
             for s in per_class.values()
         )
     )
-    host = _start_host(list(per_class.values()), run_dir)
+    host, ports = _start_host(list(per_class.values()), run_dir)
     limit = asyncio.Semaphore(config.concurrency)
 
     async def one(name: str) -> tuple[str, dict[str, Any]]:
         async with limit:
             try:
-                return name, await _probe(name, per_class[name], config)
+                return name, await _probe(name, per_class[name], config, ports)
             except Exception as exc:
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 return name, {

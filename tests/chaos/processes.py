@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +22,7 @@ import httpx
 
 from service.settings import Settings
 from tests.support.oracle import start_worker, worker_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from tests.support.ports import free_port
 
 # Worker log events that say a batch did not go through, counted with their error type.
 _TROUBLE = (

@@ -27,9 +27,9 @@ from pydantic import SecretStr
 
 from service.adapters.postgres.migrator import migrate
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
 from tests.support.oracle import start_worker
+from tests.support.ports import free_port
 from tests.support.throwaway import ThrowawayKafka, throwaway_kafka, throwaway_postgres
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from service.client import OptoutClient
 from service.domain.model import SubjectKey
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, at, command
+from tests.support.ports import free_port
 from tests.support.throwaway import throwaway_redis
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from service.adapters.postgres.migrator import migrate
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
+from tests.support.ports import free_port
 from tests.support.throwaway import throwaway_kafka, throwaway_postgres, throwaway_redis
 
 pytestmark = pytest.mark.integration

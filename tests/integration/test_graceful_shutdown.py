@@ -14,9 +14,9 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient
 from tests.support.oracle import assert_matches_oracle, random_stream, start_worker
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

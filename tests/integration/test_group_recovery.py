@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.oracle import start_worker
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

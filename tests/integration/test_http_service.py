@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from pydantic import SecretStr
 from service.client import OptoutClient
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.channels import published
 from tests.support.contract_client import ContractClient
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

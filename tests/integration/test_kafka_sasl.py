@@ -27,8 +27,8 @@ from service.bootstrap import contract_topics
 from service.client.sdk import OptoutClient
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
+from tests.support.ports import free_port
 from tests.support.secure_kafka import Grant, SecureKafka, secure_kafka
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from aiokafka.structs import OffsetAndMetadata
 from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.kafka.topics import KafkaTopic, ensure_topics
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
 from tests.support.oracle import start_worker
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,7 @@ a dependency is down, says so, and gets to work when it comes back."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 import asyncpg
@@ -16,8 +17,8 @@ from structlog.testing import capture_logs
 from service.adapters.postgres.migrator import migrate
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
+from tests.support.ports import free_port
 from tests.support.throwaway import throwaway_kafka, throwaway_postgres, throwaway_redis
 
 pytestmark = pytest.mark.integration
@@ -147,3 +148,36 @@ async def test_starts_with_kafka_down(settings: Settings) -> None:
             update={"kafka_bootstrap": kafka.bootstrap, "retry_backoff_max_seconds": 0.5}
         )
         await started_while_down(own, "kafka", kafka.start, with_worker=True)
+
+
+async def test_ports_chosen_by_the_system_are_reported(settings: Settings) -> None:
+    """Port 0 lets the system choose; the service says which ports it bound, and they answer."""
+    own = settings.model_copy(update={"http_port": 0, "admin_port": 0})
+    with capture_logs() as logs:
+        async with Service(own, with_worker=False) as service:
+            assert set(service.ports) == {"http", "admin"}
+            assert 0 not in service.ports.values()
+            async with httpx.AsyncClient(timeout=10) as http:
+                live = await http.get(f"http://127.0.0.1:{service.ports['admin']}/healthz")
+                public = await http.get(
+                    f"http://127.0.0.1:{service.ports['http']}/v1/subjects/s/check",
+                    params={"topic": "marketing", "channel": "email"},
+                )
+    assert live.status_code == 200
+    assert public.status_code == 401  # the public API, asking for a token
+    started = [e for e in logs if e["event"] == "service_started"]
+    assert started[0]["admin"] == f"http://{own.admin_host}:{service.ports['admin']}"
+
+
+async def test_a_taken_port_fails_the_start_before_anything_connects(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        own = settings.model_copy(update={"http_port": 0, "admin_port": port})
+        with capture_logs() as logs, pytest.raises(OSError, match="in use"):
+            async with Service(own, with_worker=True):
+                pass
+    # Nothing was started, not even a connection attempt that logs (the test above shows a
+    # start that binds logging as it goes).
+    assert logs == []

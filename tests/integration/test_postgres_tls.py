@@ -28,8 +28,8 @@ from service.bootstrap import run_migrations
 from service.client import OptoutClient
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
+from tests.support.ports import free_port
 from tests.support.throwaway import ThrowawayPostgres, throwaway_postgres
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import yaml
 
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.support.contract_client import ContractClient, command
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

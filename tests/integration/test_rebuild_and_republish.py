@@ -50,8 +50,8 @@ from service.domain.events import event_id_for
 from service.domain.model import SubjectKey, SubjectState
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.integration.test_read_path import random_commands
+from tests.support.ports import free_port
 from tests.support.throwaway import ThrowawayRedisCluster, throwaway_redis_cluster
 
 pytestmark = pytest.mark.integration

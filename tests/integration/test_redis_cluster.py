@@ -35,10 +35,10 @@ from service.client import OptoutClient
 from service.domain.model import Action, Rule, SubjectKey, SubjectState
 from service.entrypoints.server import Service
 from service.settings import Settings
-from tests.conftest import free_port
 from tests.integration.test_read_path import QUESTIONS, decision_json, oracle, random_commands
 from tests.support.contract_client import ContractClient
 from tests.support.oracle import statements
+from tests.support.ports import free_port
 from tests.support.throwaway import ThrowawayRedisCluster, throwaway_redis_cluster
 
 pytestmark = pytest.mark.integration
