@@ -34,6 +34,7 @@ from faststream.kafka.message import FAKE_CONSUMER, KafkaAckableMessage
 from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
 from service.adapters.kafka.offsets import GapCheck, Partition
+from service.adapters.kafka.poll_errors import guard_polls
 from service.adapters.kafka.recovery import DependencyAnswers, RecoveryPause
 from service.application.errors import DependencyUnavailable, leaf_failures, unavailable_in
 from service.application.records import RawRecord
@@ -345,6 +346,7 @@ def register_worker(
         description="Opt-out and opt-in commands from every channel (contract v1).",
     )
     subscriber_ref.append(subscriber)
+    guard_polls(subscriber)
 
     outputs = InOrder()
 
