@@ -18,7 +18,9 @@ import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+EffectStatus = Literal["in_effect", "in_effect_unmeasured", "not_yet"]
 SENDER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_PENDING_REPORTS = 64
 
@@ -196,7 +198,7 @@ class SenderAnswer:
     """One sender's line of a receipt."""
 
     sender: str
-    status: str  # in_effect, in_effect_unmeasured, not_yet
+    status: EffectStatus
     effect_ms: float | None
     behind_records: int
     instances: int
@@ -239,6 +241,8 @@ def receipt_answers(
         if not states:
             # Only instances no longer reporting had timed it: in effect there, as measured.
             measured = [ms for r, ms in effects_ms.items() if r.sender == sender]
+        status: EffectStatus
+        effect_ms: float | None
         if waiting:
             status, effect_ms = "not_yet", None
         elif unmeasured or not measured:
