@@ -75,7 +75,6 @@ def contract_topics(settings: Settings) -> list[KafkaTopic]:
         KafkaTopic(settings.topic_preferences, n, rf, {"cleanup.policy": "compact"}),
         KafkaTopic(settings.topic_outcomes, n, rf),
         KafkaTopic(settings.topic_dlq, n, rf),
-        *receipts_topics(settings),
     ]
 
 
@@ -477,11 +476,15 @@ async def _start_receipts_when_possible(
         receipts_topic=settings.topic_sender_receipts,
         group=f"{settings.consumer_group}-receipts",
     )
+    kafka = KafkaConnection.from_settings(settings)
     async for attempt in AsyncRetrying(
-        wait=wait_exponential(multiplier=0.5, max=settings.retry_backoff_max_seconds),
+        wait=wait_exponential(multiplier=0.5, max=30.0),
         retry=retry_if_exception_type(Exception),
     ):
         with attempt:
+            # Created here, not with the contract's topics: a worker whose principal may not
+            # use it still processes commands, only without receipts.
+            await ensure_topics(kafka, receipts_topics(settings))
             await feed.start()
     stack.push_async_callback(feed.stop)
 

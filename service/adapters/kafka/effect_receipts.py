@@ -90,9 +90,8 @@ class EffectReceiptsFeed:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        kwargs = self._kafka.client_kwargs()
         events = AIOKafkaConsumer(
-            **kwargs,
+            **self._kafka.client_kwargs(),
             group_id=self._group,
             enable_auto_commit=False,
             auto_offset_reset="latest",
@@ -100,7 +99,7 @@ class EffectReceiptsFeed:
             fetch_max_wait_ms=100,
         )
         reports = AIOKafkaConsumer(
-            **kwargs,
+            **self._kafka.client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
