@@ -108,9 +108,7 @@ def test_the_matrix_covers_every_v1_operation() -> None:
     channels = ChannelsConfig.__new__(ChannelsConfig)
     history = ConsentHistory.__new__(ConsentHistory)
     receipts = CommandReceipts.__new__(CommandReceipts)
-    app = build_http_app(
-        decisions, channels=channels, history=history, command_receipts=receipts
-    )
+    app = build_http_app(decisions, channels=channels, history=history, command_receipts=receipts)
     operations = {
         operation["operationId"]
         for path, item in app.openapi()["paths"].items()
