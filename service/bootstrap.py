@@ -25,6 +25,7 @@ from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
 from service.adapters.kafka.consumer import GroupMembership, WorkerState, register_worker
 from service.adapters.kafka.contract_publisher import ContractPublisher
+from service.adapters.kafka.effect_receipts import EffectReceiptsFeed
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import KafkaTopicRetention, read_size_limits
@@ -40,6 +41,7 @@ from service.adapters.postgres.unit_of_work import PostgresCommandUnitOfWork, Po
 from service.adapters.prometheus_metrics import PrometheusMetrics
 from service.adapters.read_path import build_decisions
 from service.adapters.redis_client import RedisClient, create_redis, eviction_problem, ping
+from service.adapters.redis_effect_receipts import RedisEffectReceipts
 from service.adapters.redis_rate_limits import FAILURES, RedisLimitStore, parse_limits
 from service.adapters.redis_receipts import RedisReceiptClock
 from service.adapters.redis_refill import RedisCacheRefill
@@ -53,6 +55,7 @@ from service.application.page_links import PageLinks
 from service.application.process_commands import ProcessCommands
 from service.application.rate_limits import Rule, Throttle, limits_of
 from service.application.rebuild import RebuildCache
+from service.application.receipts import CommandReceipts, TrackEffects
 from service.application.republish import RepublishSnapshots
 from service.application.retention import RetentionJob, RetentionPolicy
 from service.application.sms_replies import SmsNumbers, SmsReplies, parse_yes_tenants
@@ -75,6 +78,21 @@ def contract_topics(settings: Settings) -> list[KafkaTopic]:
     ]
 
 
+def receipts_topics(settings: Settings) -> list[KafkaTopic]:
+    """The senders' applied reports: one partition (a few small records a second per sender
+    instance), kept an hour; only the latest report of each instance matters."""
+    if not settings.topic_sender_receipts:
+        return []
+    config = {"retention.ms": str(3_600_000), "segment.ms": str(600_000)}
+    return [KafkaTopic(settings.topic_sender_receipts, 1, settings.topic_replication, config)]
+
+
+def effect_receipts(settings: Settings, redis: RedisClient) -> RedisEffectReceipts:
+    return RedisEffectReceipts(
+        redis, settings.redis_prefix, ttl_seconds=settings.receipt_ttl_seconds
+    )
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -92,6 +110,8 @@ class Container:
     channels: Channels | None = None
     history: ConsentHistory | None = None
     throttle: Throttle | None = None
+    receipts: CommandReceipts | None = None
+    effects: TrackEffects | None = None
 
 
 @dataclass
@@ -260,6 +280,9 @@ async def build_container(
         metrics,
         history=consent_history_for(settings, pool),
         throttle=throttle_for(settings, redis, metrics),
+        receipts=CommandReceipts(
+            effect_receipts(settings, redis), live_seconds=settings.sender_live_seconds
+        ),
     )
 
     async def postgres_probe() -> str | None:
@@ -283,6 +306,10 @@ async def build_container(
         container.worker_state = WorkerState()
         starting = asyncio.create_task(_start_worker_when_possible(settings, stack, container))
         stack.push_async_callback(_cancel, starting)
+        if settings.topic_sender_receipts:
+            container.effects = TrackEffects(effect_receipts(settings, redis), metrics)
+            timing = asyncio.create_task(_start_receipts_when_possible(settings, stack, container))
+            stack.push_async_callback(_cancel, timing)
         # Started before returning when Kafka answers; otherwise it goes on in the background.
         await container.worker_first_try.wait()
     return container
@@ -433,6 +460,33 @@ async def _start_worker_when_possible(
         log.info("dependency_reachable", dependency="kafka", where=settings.kafka_bootstrap)
     container.worker_started.set()
     container.worker_first_try.set()
+
+
+async def _start_receipts_when_possible(
+    settings: Settings, stack: AsyncExitStack, container: Container
+) -> None:
+    """Time each opt-out's effect at the senders (effect receipts), once the worker runs; a
+    failure here never holds the worker up, it is retried."""
+    assert container.effects is not None
+    await container.worker_started.wait()
+    feed = EffectReceiptsFeed(
+        KafkaConnection.from_settings(settings),
+        container.effects,
+        preferences_topic=settings.topic_preferences,
+        receipts_topic=settings.topic_sender_receipts,
+        group=f"{settings.consumer_group}-receipts",
+    )
+    kafka = KafkaConnection.from_settings(settings)
+    async for attempt in AsyncRetrying(
+        wait=wait_exponential(multiplier=0.5, max=30.0),
+        retry=retry_if_exception_type(Exception),
+    ):
+        with attempt:
+            # Created here, not with the contract's topics: a worker whose principal may not
+            # use it still processes commands, only without receipts.
+            await ensure_topics(kafka, receipts_topics(settings))
+            await feed.start()
+    stack.push_async_callback(feed.stop)
 
 
 def _answers(readiness: Readiness) -> Callable[[str], Awaitable[bool]]:

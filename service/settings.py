@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     topic_preferences: str = "optout.preferences.v1"
     topic_outcomes: str = "optout.outcomes.v1"
     topic_dlq: str = "optout.commands.dlq.v1"
+    # Applied reports of the senders' SDKs (effect receipts); short retention. Empty: off.
+    topic_sender_receipts: str = "optout.sender-receipts.v1"
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication: int = Field(default=1, ge=1)
     consumer_group: str = "optout-worker"
@@ -148,6 +150,15 @@ class Settings(BaseSettings):
     # (the SDK does not hold OPTOUT_IDENTIFIER_KEY); empty: such a check raises.
     client_api_url: str = ""
     client_api_token: SecretStr = SecretStr("")
+    # SDK: the sender this process sends for, named in receipts, metrics and `optout lag
+    # --senders`; how often it reports what it applied while applying, and when idle.
+    client_sender: str = Field(default="unnamed", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    client_report_interval_seconds: float = Field(default=0.2, ge=0.05, le=1.0)
+    client_report_idle_seconds: float = Field(default=5.0, ge=1.0, le=60.0)
+    # Worker: how long a command's effect receipt is kept (one Redis hash per opt-out), and
+    # how long a sender instance may stay silent before receipts leave it out.
+    receipt_ttl_seconds: int = Field(default=3_600, ge=60, le=7 * 86_400)
+    sender_live_seconds: float = Field(default=30.0, ge=5.0, le=3_600.0)
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern=r"^(json|console)$")

@@ -45,6 +45,7 @@ async def settings(endpoints: Endpoints, unique: str) -> AsyncIterator[Settings]
         topic_preferences=f"t.{unique}.preferences",
         topic_outcomes=f"t.{unique}.outcomes",
         topic_dlq=f"t.{unique}.dlq",
+        topic_sender_receipts=f"t.{unique}.sender-receipts",
         topic_partitions=3,
         consumer_group=f"g.{unique}",
         http_port=free_port(),

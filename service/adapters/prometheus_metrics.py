@@ -95,6 +95,27 @@ class PrometheusMetrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.sender_effects = Histogram(
+            "optout_sender_effect_seconds",
+            "From an opt-out event's effective_at to the first report of a sender instance"
+            " that had applied it (effect receipts), by sender.",
+            ["sender"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.sender_behind = Gauge(
+            "optout_sender_behind_records",
+            "Preferences events a sender has not applied yet (its slowest instance, summed over"
+            " the partitions this worker times).",
+            ["sender"],
+            registry=r,
+        )
+        self.sender_report_age = Gauge(
+            "optout_sender_last_report_age_seconds",
+            "Seconds since the sender's latest applied report (sent every few seconds when idle).",
+            ["sender"],
+            registry=r,
+        )
         self.lag_records = Gauge(
             "optout_consumer_lag_records",
             "End offset minus the worker's position, per partition, as the worker sees it.",
@@ -212,6 +233,13 @@ class PrometheusMetrics:
     def waterfall(self, steps: Sequence[tuple[Step, float]]) -> None:
         for step, seconds in steps:
             self._steps[step].observe(seconds)
+
+    def sender_effect(self, sender: str, seconds: float) -> None:
+        self.sender_effects.labels(sender).observe(seconds)
+
+    def sender_position(self, sender: str, behind_records: int, report_age: float) -> None:
+        self.sender_behind.labels(sender).set(behind_records)
+        self.sender_report_age.labels(sender).set(report_age)
 
     def retry(self, dependency: str) -> None:
         self.dependency_errors.labels(dependency).inc()

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from service.adapters.kafka.connection import KafkaConnection
+from service.client.applied_reports import AppliedReporter
 from service.client.catch_up import CatchUp
 from service.client.local_cache import LocalCache
 from service.contract.v1 import PreferenceChangedV1
@@ -96,6 +97,7 @@ class PreferencesFollower:
         bound_seconds: float = 0.5,
         stall_seconds: float = 2.0,
         retry_max_seconds: float = 5.0,
+        reporter: AppliedReporter | None = None,
     ) -> None:
         self._kafka = kafka
         self._topic = topic
@@ -103,6 +105,8 @@ class PreferencesFollower:
         self._bound_seconds = bound_seconds
         self._stall_seconds = stall_seconds
         self._retry_max_seconds = retry_max_seconds
+        # Told each partition's position once its events are applied (effect receipts).
+        self._reporter = reporter
         # An idle partition's fetch is answered after fetch_max_wait and the loop looks at
         # the answers every poll: both well inside the bound, or an idle topic would send
         # every check to Redis.
@@ -293,7 +297,10 @@ class PreferencesFollower:
                         session.asked_since[tp] = answered_at
                         catch_up.end_seen(tp.partition, consumer.highwater(tp), holds_since)
                         catch_up.heard(tp.partition, answered_at)
-                    catch_up.consumed_to(tp.partition, await consumer.position(tp))
+                    position = await consumer.position(tp)
+                    catch_up.consumed_to(tp.partition, position)
+                    if self._reporter is not None:
+                        self._reporter.note(tp.partition, position)
 
     async def _list_partitions(self, session: _Session) -> None:
         """Re-read the partition list; follow added partitions from their first offset."""

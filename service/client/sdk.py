@@ -34,6 +34,7 @@ from service.application.decisions import (
     IdentifierKeyMissing,
     SubjectPreferences,
 )
+from service.client.applied_reports import AppliedReporter
 from service.client.decision_api import DecisionApi
 from service.client.follower import PreferencesFollower
 from service.client.local_cache import LocalCache
@@ -58,6 +59,20 @@ _normalized_identifier = lru_cache(maxsize=65_536)(normalize)
 def normalized(subject_id: str) -> str:
     """The id as the service stores it; an opaque id costs one prefix test."""
     return _normalized_identifier(subject_id) if subject_id.startswith(PREFIXES) else subject_id
+
+
+def applied_reporter(settings: Settings, kafka: KafkaConnection) -> AppliedReporter | None:
+    """Reports of what this instance applied, named ``OPTOUT_CLIENT_SENDER`` (effect
+    receipts); none when ``OPTOUT_TOPIC_SENDER_RECEIPTS`` is empty."""
+    if not settings.topic_sender_receipts:
+        return None
+    return AppliedReporter(
+        kafka,
+        settings.topic_sender_receipts,
+        sender=settings.client_sender,
+        interval=settings.client_report_interval_seconds,
+        idle_interval=settings.client_report_idle_seconds,
+    )
 
 
 class OptoutClient:
@@ -110,15 +125,21 @@ class OptoutClient:
                     max_entries=settings.client_local_cache_size,
                     max_age_seconds=settings.client_local_cache_max_age_seconds,
                 )
+                kafka = KafkaConnection.from_settings(settings)
+                reporter = applied_reporter(settings, kafka)
                 follower = PreferencesFollower(
-                    KafkaConnection.from_settings(settings),
+                    kafka,
                     settings.topic_preferences,
                     local,
                     bound_seconds=settings.client_local_cache_bound_seconds,
                     stall_seconds=settings.client_local_cache_stall_seconds,
+                    reporter=reporter,
                 )
                 await follower.start()
                 stack.push_async_callback(follower.stop)
+                if reporter is not None:
+                    reporter.start()
+                    stack.push_async_callback(reporter.stop)
             decisions = build_decisions(
                 catalog,
                 pool,

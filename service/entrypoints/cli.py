@@ -297,6 +297,14 @@ def lag(
     max_lag_seconds: Annotated[
         float | None, typer.Option(help="Exit 2 when any partition's oldest record is older.")
     ] = None,
+    senders: Annotated[
+        bool,
+        typer.Option(
+            "--senders",
+            help="Per sender instead: position, records behind, age of its last report,"
+            " recent p50/p99 effect time (effect receipts; reads Kafka and Redis).",
+        ),
+    ] = False,
 ) -> None:
     """Per partition: committed offset, end offset, lag in records and in seconds.
 
@@ -311,6 +319,9 @@ def lag(
     kafka = KafkaConnection.from_settings(settings)
     # The client library logs its connection errors itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if senders:
+        _sender_lag(settings, as_json=as_json)
+        return
     group_name = group or settings.consumer_group
     topic_name = topic or settings.topic_commands
 
@@ -358,6 +369,20 @@ def lag(
     typer.echo(show(rows))
     if over_limits(rows, max_lag, max_lag_seconds):
         raise typer.Exit(2)
+
+
+def _sender_lag(settings: Settings, *, as_json: bool) -> None:
+    from service.entrypoints.sender_lag import as_dict, render_senders, sender_summaries
+
+    try:
+        rows = asyncio.run(sender_summaries(settings))
+    except Exception as exc:  # one line naming the failure, never a traceback
+        typer.echo(f"optout lag --senders: could not be measured ({type(exc).__name__})", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({"senders": [as_dict(r) for r in rows]}))
+    else:
+        typer.echo(render_senders(rows))
 
 
 app.command(name="history")(history)

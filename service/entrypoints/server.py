@@ -106,6 +106,7 @@ class Service:
                     max_body_bytes=settings.http_max_body_bytes,
                     channels=self._channels(container),
                     history=container.history,
+                    command_receipts=container.receipts,
                     throttle=container.throttle,
                 )
                 openapi = app.openapi

@@ -110,3 +110,31 @@ async def _oldest_timestamps(
                 found[tp] = records[0].timestamp / 1000
                 consumer.pause(tp)
     return found
+
+
+async def topic_ends(
+    kafka: KafkaConnection, topic: str, *, timeout_seconds: float = 10.0
+) -> dict[int, int]:
+    """The end offset of every partition of `topic`."""
+    return await asyncio.wait_for(_topic_ends(kafka, topic), timeout_seconds)
+
+
+async def _topic_ends(kafka: KafkaConnection, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=_TIMEOUT_MS)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        if described["error_code"] != 0:
+            raise LookupError(f"topic {topic} not found")
+        partitions = sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(), group_id=None, request_timeout_ms=_TIMEOUT_MS
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        await consumer.stop()
+    return {tp.partition: end for tp, end in ends.items()}

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from service.application.decisions import DecisionService
 from service.application.history import ConsentHistory
 from service.application.rate_limits import Throttle
+from service.application.receipts import CommandReceipts
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD
 from service.entrypoints.http.channels import ChannelsConfig
@@ -23,7 +24,7 @@ from service.entrypoints.http.models import CATALOG_ENUM
 from service.entrypoints.http.rate_limit import rate_limited
 from service.entrypoints.http.routers import decisions as decisions_router
 from service.entrypoints.http.routers import history as history_router
-from service.entrypoints.http.routers import intake, pages, sms
+from service.entrypoints.http.routers import intake, pages, receipts, sms
 from service.entrypoints.http.security import Authenticator
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -37,9 +38,11 @@ def build_http_app(
     channels: ChannelsConfig | None = None,
     history: ConsentHistory | None = None,
     throttle: Throttle | None = None,
+    command_receipts: CommandReceipts | None = None,
 ) -> FastAPI:
     """The public surface: the decision API, with the proof-of-consent export when
-    ``history`` is given and the channels (intake, pages, SMS webhook) when ``channels`` is.
+    ``history`` is given, effect receipts when ``command_receipts`` is, and the channels
+    (intake, pages, SMS webhook) when ``channels`` is.
 
     Health, readiness, metrics and the OpenAPI document are on the admin surface
     (``admin.build_admin_app``, fed this app's ``openapi``), never here. Without tokens
@@ -66,6 +69,9 @@ def build_http_app(
     if history is not None:
         app.state.history = history
         app.include_router(history_router.router)
+    if command_receipts is not None:
+        app.state.receipts = command_receipts
+        app.include_router(receipts.router)
     if channels is not None:
         app.state.channels = channels
         app.include_router(intake.router)
