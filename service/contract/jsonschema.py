@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from service.contract.receipts import SenderReportV1
 from service.contract.v1 import CommandV1, OutcomeV1, PreferenceChangedV1
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -23,6 +24,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
             mode="serialization"
         ),
         "outcome.v1.schema.json": OutcomeV1.model_json_schema(mode="serialization"),
+        "sender-report.v1.schema.json": SenderReportV1.model_json_schema(mode="serialization"),
     }
     return {name: {"$schema": _DIALECT, **schema} for name, schema in documents.items()}
 

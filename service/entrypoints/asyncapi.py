@@ -10,6 +10,7 @@ from faststream.specification import AsyncAPI
 from service import __version__
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.connection import KafkaConnection
+from service.contract.receipts import SenderReportV1
 from service.contract.v1 import CommandV1, OutcomeV1, PreferenceChangedV1
 from service.settings import Settings
 
@@ -59,6 +60,17 @@ def asyncapi_document() -> str:
             "x-original-topic, x-original-partition, x-original-offset; a value too large "
             "for the topic is cut to fit, with x-original-size and x-truncated: true."
         ),
+    )
+    broker.publisher(
+        settings.topic_sender_receipts,
+        title="sender-report",
+        description=(
+            "What each SDK instance has applied of the preference-changed topic, keyed by "
+            "its sender's name: every 0.2 s while it applies events, every 5 s when idle. "
+            "Names no subject and no command; the workers time each opt-out's effect per "
+            "sender from it (effect receipts). Short retention."
+        ),
+        schema=SenderReportV1,
     )
     spec = AsyncAPI(
         broker,
