@@ -23,7 +23,15 @@ def test_asyncapi_names_every_contract_topic() -> None:
         "optout.preferences.v1",
         "optout.outcomes.v1",
         "optout.commands.dlq.v1",
+        "optout.sender-receipts.v1",
     }
     payloads = json.dumps(document["components"]["schemas"])
-    for field in ("command_id", "subject_id", "occurred_at", "preferences", "status"):
+    for field in (
+        "command_id",
+        "subject_id",
+        "occurred_at",
+        "preferences",
+        "status",
+        "applied_offset",
+    ):
         assert field in payloads
