@@ -17,7 +17,11 @@ source``. ``perf_counter`` is the system's monotonic clock on Linux, the same in
 process, so the generator subtracts its own send times from these. ``ready`` is printed
 once the cache is on. SIGTERM stops it.
 
-Run: ``python -m benchmarks.sender`` with the service's ``OPTOUT_*`` variables.
+With ``--metrics-port N`` it serves the SDK's metrics (``optout_sdk_follower_seconds``) on
+127.0.0.1:N, for the waterfall (``benchmarks/waterfall.py``).
+
+Run: ``python -m benchmarks.sender [--metrics-port N]`` with the service's ``OPTOUT_*``
+variables.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import contextlib
 import signal
 import sys
 import time
+
+from prometheus_client import start_http_server
 
 from service.adapters.catalog_file import configured_catalog
 from service.client import OptoutClient
@@ -117,6 +123,13 @@ class EffectReporter:
             self._lines.clear()
 
 
+def metrics_port(argv: list[str]) -> int | None:
+    """``--metrics-port N``: serve the SDK's metrics on 127.0.0.1:N."""
+    if "--metrics-port" in argv:
+        return int(argv[argv.index("--metrics-port") + 1])
+    return None
+
+
 async def main() -> None:
     settings = Settings()
     configure_logging("WARNING", settings.log_format)
@@ -124,9 +137,19 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    with contextlib.ExitStack() as stack:
+        await _follow(settings, stop, stack)
+
+
+async def _follow(settings: Settings, stop: asyncio.Event, stack: contextlib.ExitStack) -> None:
     async with await OptoutClient.connect(settings, local_cache=True) as client:
         cache = client.local_cache
         assert cache is not None
+        assert client.metrics is not None
+        if port := metrics_port(sys.argv[1:]):
+            # The follower's steps, as a sender would serve them (README, "The SDK's metrics").
+            server, _ = start_http_server(port, addr="127.0.0.1", registry=client.metrics.registry)
+            stack.callback(server.shutdown)
         reporter = EffectReporter(client, cache, configured_catalog(settings.catalog_file))
         poller = asyncio.create_task(reporter.poll())
         for _ in range(6_000):  # the follower switches the cache on by itself, within 60 s
