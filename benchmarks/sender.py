@@ -39,6 +39,7 @@ from service.client import OptoutClient
 from service.client.local_cache import LocalCache
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD, Rule, SubjectState
+from service.domain.sms_restore import REGISTERS
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -75,7 +76,13 @@ class EffectReporter:
         now = time.perf_counter()
         key = state.key
         for rule in state.rules.values():
-            if rule.action != "opt_out" or rule.command_id in self._reported:
+            if (
+                rule.action != "opt_out"
+                or rule.command_id in self._reported
+                # The SMS keyword registers (`#kept`, `#restore`) are bookkeeping, not topics
+                # a sender asks about; the same command's `*` rule is asked instead.
+                or rule.topic in REGISTERS
+            ):
                 continue
             topic, channel = question(self._catalog, rule)
             decision = self._cache.decision(key.tenant, key.subject_id, topic, channel)
