@@ -461,7 +461,9 @@ def plot_waterfall(path: Path, doc: Mapping[str, Any]) -> None:
     ax.set_ylabel("ms (p50 of each step, stacked)")
     ax.set_title("Latency waterfall: produce → the sender's SDK says no")
     ax.grid(True, axis="y", linewidth=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    handles, names = ax.get_legend_handles_labels()
+    # The legend reads top to bottom as the stack does.
+    ax.legend(handles[::-1], names[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

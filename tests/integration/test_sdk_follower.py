@@ -305,4 +305,4 @@ async def test_the_follower_times_each_event_it_applies(
             "optout_sdk_follower_seconds_sum", {"step": "fetch"}
         )
         assert fetch_sum is not None
-        assert 0.0 < fetch_sum
+        assert fetch_sum > 0.0
