@@ -27,11 +27,13 @@ from benchmarks.common import (
     OutputReader,
     command_id_in_value,
     end_process,
+    free_port,
     outcome_reader_key,
     python_argv,
 )
 from benchmarks.load import Sent, latency_figures, send_at_rate, upstream_producer
 from benchmarks.throughput import batch_figures
+from benchmarks.waterfall import SDK_METRIC, WORKER_METRIC, pair, phase_waterfall, read_buckets
 from service.settings import Settings
 
 SETTLE_IDLE_S = 10.0
@@ -42,6 +44,7 @@ class SenderProcess:
     """The sender's process and the effect times it reported, by command id."""
 
     proc: asyncio.subprocess.Process
+    metrics_url: str | None = None
     effects: dict[bytes, float] = field(default_factory=dict)
     source_of: dict[bytes, str] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -49,14 +52,15 @@ class SenderProcess:
 
     @classmethod
     async def start(cls, env: dict[str, str]) -> SenderProcess:
+        port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            *python_argv("-m", "benchmarks.sender"),
+            *python_argv("-m", "benchmarks.sender", "--metrics-port", str(port)),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=None,  # its warnings (cache off, follower failed) belong in the report
         )
-        sender = cls(proc)
+        sender = cls(proc, f"http://127.0.0.1:{port}/metrics")
         sender._reader = asyncio.create_task(sender._read())
         waiter = asyncio.create_task(sender.ready.wait())
         exited = asyncio.create_task(proc.wait())
@@ -172,6 +176,7 @@ async def service_at(
     *,
     subjects: int,
     seed: int,
+    worker_metrics_url: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     phase = f"latency@{rate:g}"
     for w in workers:
@@ -190,6 +195,8 @@ async def service_at(
     producer: AIOKafkaProducer = upstream_producer(settings.kafka_bootstrap)
     await producer.start()
     commands = _commands(subjects, seed, int(rate * (seconds + warmup_s)))
+    worker_before = await read_buckets(worker_metrics_url, WORKER_METRIC)
+    sdk_before = await read_buckets(sender.metrics_url, SDK_METRIC)
     try:
         with CpuWindow([w.proc.pid for w in workers]) as cpu:
             sent = await send_at_rate(
@@ -212,6 +219,11 @@ async def service_at(
         await producer.stop()
         await events.stop()
         await outcomes.stop()
+    # Over the whole phase, warm-up included: a histogram has no per-command stamps.
+    waterfall = phase_waterfall(
+        pair(worker_before, await read_buckets(worker_metrics_url, WORKER_METRIC)),
+        pair(sdk_before, await read_buckets(sender.metrics_url, SDK_METRIC)),
+    )
     # Every command is dated "now", newer than anything stored, so nearly every one is
     # applied and has an event; the few that are not (two commands for one subject within
     # the same millisecond) have no event to wait for.
@@ -231,4 +243,5 @@ async def service_at(
     figures["produce_to_sender_no"] = effect
     figures["unanswered_at_last_send"] = _behind(sent, outcomes.arrivals)
     figures["per_batch"] = batch_figures(workers, phase)
+    figures["waterfall"] = waterfall
     return figures, {"event": event_samples, "outcome": outcome_samples, "sender": effect_samples}

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.waterfall import SDK_STEPS, WORKER_OFF_PATH_STEPS, path_steps, stacked
+
 BEGIN = "<!-- bench:results:begin (written by make bench) -->"
 END = "<!-- bench:results:end -->"
 
@@ -49,14 +51,15 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"{m.get('load_average_at_start')} at the start, {m.get('load_average_at_end')} at "
         "the end.",
         "",
-        "**Aims** (issue 11), ratios within this run:",
+        "**Aims** (issues 11 and 20), ratios within this run:",
         "",
-        "| aim | measured | target | |",
-        "| --- | ---: | ---: | --- |",
+        "| issue | aim | measured | target | |",
+        "| ---: | --- | ---: | ---: | --- |",
     ]
     for aim in doc["aims"]:
         lines.append(
-            f"| {aim['aim']} | {_n(aim['measured'], 3 if (aim['measured'] or 0) < 100 else 0)} "
+            f"| {aim.get('issue', '')} | {aim['aim']} | "
+            f"{_n(aim['measured'], 3 if (aim['measured'] or 0) < 100 else 0)} "
             f"| {_n(aim['target'], 3 if aim['target'] < 100 else 0)} | {_met(aim['met'])} |"
         )
     details = doc.get("details") or {}
@@ -168,6 +171,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
             f"{_n(peer_latency.get('p95'), 1)} | {_n(peer_latency.get('p99'), 1)} | "
             f"{_n(peer_latency.get('max'), 1)} | |"
         )
+    lines += _idle_rows(doc)
+    lines += _waterfall_rows(doc)
     lines += [
         "",
         "**Cost growth**: one worker, backlog over the stored subjects:",
@@ -215,8 +220,90 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "![latency CDF per rate](latency_cdf.png)",
         "![throughput against stored subjects](subjects_scaling.png)",
         "![worker RSS over the soak](soak_rss.png)",
+        "![latency waterfall: p50 of each step on a sender's path, per rate](waterfall.png)",
     ]
     return "\n".join(lines)
+
+
+def _idle_rows(doc: Mapping[str, Any]) -> list[str]:
+    idle = doc.get("idle_probes_ms") or {}
+    if not idle.get("service") and not idle.get("passthrough"):
+        return []
+    lines = [
+        "",
+        f"**One at a time, idle** ({_n(idle.get('probes'))} probes each, every probe sent "
+        "once the one before took effect), ms:",
+        "",
+        "| path | p50 | p95 | p99 | max | missing |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, key in (
+        ("produce → sender's SDK says no", "service"),
+        ("passthrough (Kafka only, two hops): produce → copy", "passthrough"),
+    ):
+        q = idle.get(key) or {}
+        lines.append(
+            f"| {label} | {_n(q.get('p50'), 1)} | {_n(q.get('p95'), 1)} | "
+            f"{_n(q.get('p99'), 1)} | {_n(q.get('max'), 1)} | {_n(q.get('missing'))} |"
+        )
+    return lines
+
+
+def waterfall_table(waterfall: Mapping[str, Any], sender: Mapping[str, Any] | None) -> list[str]:
+    """One rate's steps, in the order of a sender's path, then those off it."""
+    lines = [
+        "| step | p50 ms | p99 ms | observed |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    on_path = path_steps(waterfall)
+    for label, q in on_path:
+        lines.append(
+            f"| {label} | {_n(q.get('p50_ms'), 2)} | {_n(q.get('p99_ms'), 2)} | "
+            f"{_n(q.get('count'))} |"
+        )
+    p50s = [q.get("p50_ms") for _, q in on_path]
+    if on_path and all(v is not None for v in p50s):
+        lines.append(f"| sum of the p50s above | {_n(sum(p50s), 2)} | | |")
+    if sender:
+        lines.append(
+            f"| sender-visible, measured end to end | {_n(sender.get('p50'), 2)} | "
+            f"{_n(sender.get('p99'), 2)} | {_n(sender.get('count'))} |"
+        )
+    worker = waterfall.get("worker") or {}
+    for step in WORKER_OFF_PATH_STEPS:
+        q = worker.get(step) or {}
+        if q:
+            lines.append(
+                f"| worker {step} (off the sender's path) | {_n(q.get('p50_ms'), 2)} | "
+                f"{_n(q.get('p99_ms'), 2)} | {_n(q.get('count'))} |"
+            )
+    return lines
+
+
+def _waterfall_rows(doc: Mapping[str, Any]) -> list[str]:
+    by_rate = doc.get("waterfall_ms") or {}
+    idle = doc.get("idle_probes_ms") or {}
+    if not by_rate and not idle.get("waterfall"):
+        return []
+    lines = [
+        "",
+        "**Latency waterfall** (`benchmarks/waterfall.py`): each step's p50 and p99 over the "
+        "phase, from the histograms in the worker's `/metrics` (`optout_waterfall_seconds`, "
+        "once per batch, for its oldest record) and in the sender's "
+        f"(`optout_sdk_follower_seconds`: {', '.join(SDK_STEPS)}, once per event), read "
+        "before and after the phase and interpolated within their buckets as "
+        "`histogram_quantile` does. A sum of p50s is not the p50 of a sum, and the worker's "
+        "steps are per batch, the SDK's per event: the sum shows where the time goes, not the "
+        "total.",
+    ]
+    sender = doc.get("sender_effect_ms") or {}
+    for rate, waterfall in by_rate.items():
+        lines += ["", f"At {_n(float(rate))} commands/s:", ""]
+        lines += waterfall_table(waterfall or {}, sender.get(rate))
+    if idle.get("waterfall"):
+        lines += ["", "Idle, one at a time:", ""]
+        lines += waterfall_table(idle["waterfall"], idle.get("service"))
+    return lines
 
 
 def _cpu(figures: Any) -> str:
@@ -336,6 +423,52 @@ def plot_rss(path: Path, samples: Sequence[tuple[float, int]], warmup_s: float) 
     plt.close(fig)
 
 
+def plot_waterfall(path: Path, doc: Mapping[str, Any]) -> None:
+    """Stacked bars, one per rate (and idle): the p50 of each step on a sender's path, with
+    the sender-visible p50 measured end to end marked beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    waterfalls = dict(doc.get("waterfall_ms") or {})
+    sender = dict(doc.get("sender_effect_ms") or {})
+    idle = doc.get("idle_probes_ms") or {}
+    columns = sorted(waterfalls, key=float)
+    labels = [f"{float(r):,.0f}/s" for r in columns]
+    if idle.get("waterfall"):
+        waterfalls["idle"] = idle["waterfall"]
+        sender["idle"] = idle.get("service")
+        columns.append("idle")
+        labels.append("idle, one at a time")
+    bars = stacked(columns, waterfalls)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(columns) + 3), 4.5))
+    bottom = [0.0] * len(columns)
+    for index, (label, heights) in enumerate(bars.items()):
+        ax.bar(labels, heights, bottom=bottom, label=label, color=f"C{index % 10}")
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    measured = [(sender.get(c) or {}).get("p50") for c in columns]
+    points = [(label, m) for label, m in zip(labels, measured, strict=True) if m is not None]
+    if points:
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            "k_",
+            markersize=28,
+            markeredgewidth=2,
+            label="sender-visible p50, measured",
+        )
+    ax.set_ylabel("ms (p50 of each step, stacked)")
+    ax.set_title("Latency waterfall: produce → the sender's SDK says no")
+    ax.grid(True, axis="y", linewidth=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    # The legend reads top to bottom as the stack does.
+    ax.legend(handles[::-1], names[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     """Redraw the README block and the plots from a run's files (after editing this module):
     ``python -m benchmarks.report [docs/bench]``."""
@@ -358,6 +491,8 @@ def main() -> None:
     plot_scaling(
         out / "subjects_scaling.png", doc["subjects_scaling"], doc["passthrough_msgs_per_s"]
     )
+    if doc.get("waterfall_ms") or (doc.get("idle_probes_ms") or {}).get("waterfall"):
+        plot_waterfall(out / "waterfall.png", doc)
     write_readme(out / "README.md", markdown(doc))
 
 

@@ -4,27 +4,31 @@ Phases, each on private topics, schema, Redis prefix and consumer group (removed
 
 1. throughput: a backlog drained by the passthrough (Kafka only), then by one worker;
 2. latency at each rate: the passthrough, then the service (event, outcome, and a sender's
-   SDK answering "no"), with the processes of phase 1 kept running and warm;
+   SDK answering "no", with the latency waterfall of the worker's and the SDK's steps), with
+   the processes of phase 1 kept running and warm; then, idle, probes one at a time through
+   the passthrough and through the service (``probes``);
 3. memory: the same worker at a steady rate for a long run (RSS growth, peak);
 4. throughput with two worker processes in one group, on a fresh schema;
 5. cost growth: throughput with more and more subjects stored (``scaling``);
 6. the peer (``benchmarks/peer_debezium.py``, when it is there) and the read path.
 
 Outputs: ``docs/bench/latest.json`` (``summary.build``), the results block of
-``docs/bench/README.md`` and the PNG plots (``report``); raw per-phase figures, logs and
+``docs/bench/README.md`` and the PNG plots (``report``), ``docs/scaling.md`` (``scaling_doc``,
+next to the output directory); raw per-phase figures, logs and
 samples in ``bench-results/``. A failing phase is recorded under ``errors`` and the run
 goes on: it never hides the figures of the others. The exit status is non-zero when one of
 this package's own phases failed (the peer's or the read path's failures are only
 reported).
 
 Sizes: ``BENCH_QUICK=1`` is a run of under two minutes (smaller backlog, one rate, 10,000 and
-100,000 subjects, a 30 s soak, no peer unless ``BENCH_PEER=1``, no read path). Each size can
-be set on its own: BENCH_BACKLOG, BENCH_SUBJECTS, BENCH_RATES (comma-separated),
-BENCH_SECONDS, BENCH_WARMUP, BENCH_TIERS (comma-separated), BENCH_TIER_BACKLOG,
-BENCH_SOAK_SECONDS, BENCH_SOAK_WARMUP, BENCH_SOAK_RATE, BENCH_WORKERS (comma-separated
-process counts besides the one worker that always runs), BENCH_PEER, BENCH_READ_PATH (1 or
-0), BENCH_SEED, BENCH_OUT (default docs/bench). The service's own settings come from the
-``OPTOUT_*`` variables as usual.
+100,000 subjects, a 30 s soak, 100 idle probes, no peer unless ``BENCH_PEER=1``, no read
+path). Each size can be set on its own: BENCH_BACKLOG, BENCH_SUBJECTS, BENCH_RATES
+(comma-separated), BENCH_SECONDS, BENCH_WARMUP, BENCH_TIERS (comma-separated),
+BENCH_TIER_BACKLOG, BENCH_SOAK_SECONDS, BENCH_SOAK_WARMUP, BENCH_SOAK_RATE, BENCH_WORKERS
+(comma-separated process counts besides the one worker that always runs), BENCH_PEER,
+BENCH_READ_PATH (1 or 0), BENCH_PROBES (idle probes of each kind, 0 for none), BENCH_SEED,
+BENCH_OUT (default docs/bench). The service's own settings come from the ``OPTOUT_*``
+variables as usual.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, scaling, store_parts, summary
+from benchmarks import report, scaling, scaling_doc, store_parts, summary
 from benchmarks.common import (
     RESULTS_DIR,
     Child,
@@ -60,6 +64,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.latency import SenderProcess, passthrough_at, service_at
+from benchmarks.probes import passthrough_probes, service_probes
 from benchmarks.soak import soak
 from benchmarks.throughput import Process, drain
 from service.adapters.kafka.connection import KafkaConnection
@@ -95,6 +100,7 @@ class Plan:
     soak_warmup_s: float
     peer: bool
     read_path: bool
+    probes: int
     seed: int
     out: str
 
@@ -107,7 +113,7 @@ class Plan:
             backlog=int(_env("BENCH_BACKLOG", "10000" if q else "200000")),
             subjects=int(_env("BENCH_SUBJECTS", "100000")),
             workers=_ints("BENCH_WORKERS", "2"),
-            rates=_ints("BENCH_RATES", "1000" if q else "500,1000,2000"),
+            rates=_ints("BENCH_RATES", "1000" if q else "200,500,1000,2000"),
             rate_seconds=float(_env("BENCH_SECONDS", "5" if q else "20")),
             warmup_s=float(_env("BENCH_WARMUP", "1" if q else "3")),
             tiers=_ints("BENCH_TIERS", "10000,100000" if q else "10000,1000000,10000000"),
@@ -117,6 +123,7 @@ class Plan:
             soak_warmup_s=float(_env("BENCH_SOAK_WARMUP", "5" if q else "60")),
             peer=_env("BENCH_PEER", "0" if q else "1") == "1",
             read_path=_env("BENCH_READ_PATH", "0" if q else "1") == "1",
+            probes=int(_env("BENCH_PROBES", "100" if q else "1000")),
             seed=int(_env("BENCH_SEED", "1")),
             out=_env("BENCH_OUT", "docs/bench"),
         )
@@ -140,6 +147,7 @@ class Run:
             "latency": {},
         }
         self.latency_samples: dict[str, dict[str, list[float]]] = {}
+        self.probe_samples: dict[str, list[float]] = {}
         self.rss_samples: list[tuple[float, int]] = []
         self.own_failures = 0
 
@@ -169,7 +177,9 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
     same processes, warm."""
     plan = run.plan
     isolation = Isolation(uuid.uuid4().hex[:10])
-    service = isolation.service_settings(base).model_copy(update={"http_port": 0, "admin_port": 0})
+    # One worker process: its admin port is known, for the waterfall in its /metrics.
+    service = isolation.service_settings(base).model_copy(update={"http_port": 0})
+    worker_metrics = f"http://{service.admin_host}:{service.admin_port}/metrics"
     passthrough, passthrough_out = isolation.passthrough_settings(base)
     throughput = run.measurements["throughput"]
     pt_child: Child | None = None
@@ -244,11 +254,16 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
                         plan.warmup_s,
                         subjects=plan.subjects,
                         seed=seed,
+                        worker_metrics_url=worker_metrics,
                     )
                     sides["service"] = figures
                     samples.update(by_path)
                     for path in ("produce_to_event", "produce_to_outcome", "produce_to_sender_no"):
                         _say_latency("service", figures, path)
+        if plan.probes > 0:
+            await _idle_probes(
+                run, service, passthrough, passthrough_out, pt_child, sender, worker_metrics
+            )
         if pt_child is not None:
             await pt_child.stop()
             pt_child = None
@@ -282,6 +297,41 @@ async def _main_phases(run: Run, base: Settings, backlog: list[Any]) -> None:
         problems = await isolation.cleanup(service)
         if problems:
             say(f"cleanup incomplete: {problems}")
+
+
+async def _idle_probes(
+    run: Run,
+    service: Settings,
+    passthrough: Settings,
+    passthrough_out: str,
+    pt_child: Child | None,
+    sender: SenderProcess | None,
+    worker_metrics: str,
+) -> None:
+    """One at a time, nothing else running: the Kafka-only two hops, then the service."""
+    plan = run.plan
+    idle: dict[str, Any] = {"probes": plan.probes}
+    run.measurements["idle_probes"] = idle
+    seed = plan.seed + 400
+    if pt_child is not None:
+        async with run.phase("idle probes: passthrough"):
+            say(f"[idle] {plan.probes:,} probes one at a time through the passthrough")
+            idle["passthrough"], run.probe_samples["passthrough"] = await passthrough_probes(
+                passthrough, passthrough_out, plan.probes, subjects=plan.subjects, seed=seed
+            )
+            _say_latency("passthrough", idle["passthrough"], "produce_to_output")
+    if sender is not None:
+        async with run.phase("idle probes: service"):
+            say(f"[idle] {plan.probes:,} opt-outs one at a time to the sender's SDK")
+            idle["service"], run.probe_samples["sender"] = await service_probes(
+                service,
+                sender,
+                plan.probes,
+                subjects=plan.subjects,
+                seed=seed,
+                worker_metrics_url=worker_metrics,
+            )
+            _say_latency("service", idle["service"], "produce_to_sender_no")
 
 
 WARM_UP_COMMANDS = 200_000
@@ -409,7 +459,7 @@ def _write_outputs(run: Run, document: dict[str, Any]) -> None:
     write_json(out / "latest.json", document)
     write_json(
         RESULTS_DIR / "samples.json",
-        {"latency_ms": run.latency_samples, "rss": run.rss_samples},
+        {"latency_ms": run.latency_samples, "rss": run.rss_samples, "probes": run.probe_samples},
     )
     try:
         report.plot_latency(out / "latency_cdf.png", run.latency_samples)
@@ -419,10 +469,12 @@ def _write_outputs(run: Run, document: dict[str, Any]) -> None:
             document["passthrough_msgs_per_s"],
         )
         report.plot_rss(out / "soak_rss.png", run.rss_samples, run.plan.soak_warmup_s)
+        report.plot_waterfall(out / "waterfall.png", document)
     except ImportError as exc:  # installed without the bench extra
         document["errors"]["plots"] = f"{type(exc).__name__}: {exc} (install the bench extra)"
         write_json(out / "latest.json", document)
     report.write_readme(out / "README.md", report.markdown(document))
+    scaling_doc.write(out.parent / "scaling.md", document)
 
 
 async def main() -> int:

@@ -17,7 +17,11 @@ source``. ``perf_counter`` is the system's monotonic clock on Linux, the same in
 process, so the generator subtracts its own send times from these. ``ready`` is printed
 once the cache is on. SIGTERM stops it.
 
-Run: ``python -m benchmarks.sender`` with the service's ``OPTOUT_*`` variables.
+With ``--metrics-port N`` it serves the SDK's metrics (``optout_sdk_follower_seconds``) on
+127.0.0.1:N, for the waterfall (``benchmarks/waterfall.py``).
+
+Run: ``python -m benchmarks.sender [--metrics-port N]`` with the service's ``OPTOUT_*``
+variables.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ import signal
 import sys
 import time
 
+from prometheus_client import start_http_server
+
 from service.adapters.catalog_file import configured_catalog
 from service.client import OptoutClient
 from service.client.local_cache import LocalCache
 from service.domain.catalog import Catalog
 from service.domain.model import WILDCARD, Rule, SubjectState
+from service.domain.sms_restore import REGISTERS
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -69,7 +76,13 @@ class EffectReporter:
         now = time.perf_counter()
         key = state.key
         for rule in state.rules.values():
-            if rule.action != "opt_out" or rule.command_id in self._reported:
+            if (
+                rule.action != "opt_out"
+                or rule.command_id in self._reported
+                # The SMS keyword registers (`#kept`, `#restore`) are bookkeeping, not topics
+                # a sender asks about; the same command's `*` rule is asked instead.
+                or rule.topic in REGISTERS
+            ):
                 continue
             topic, channel = question(self._catalog, rule)
             decision = self._cache.decision(key.tenant, key.subject_id, topic, channel)
@@ -117,6 +130,13 @@ class EffectReporter:
             self._lines.clear()
 
 
+def metrics_port(argv: list[str]) -> int | None:
+    """``--metrics-port N``: serve the SDK's metrics on 127.0.0.1:N."""
+    if "--metrics-port" in argv:
+        return int(argv[argv.index("--metrics-port") + 1])
+    return None
+
+
 async def main() -> None:
     settings = Settings()
     configure_logging("WARNING", settings.log_format)
@@ -124,9 +144,19 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    with contextlib.ExitStack() as stack:
+        await _follow(settings, stop, stack)
+
+
+async def _follow(settings: Settings, stop: asyncio.Event, stack: contextlib.ExitStack) -> None:
     async with await OptoutClient.connect(settings, local_cache=True) as client:
         cache = client.local_cache
         assert cache is not None
+        assert client.metrics is not None
+        if port := metrics_port(sys.argv[1:]):
+            # The follower's steps, as a sender would serve them (README, "The SDK's metrics").
+            server, _ = start_http_server(port, addr="127.0.0.1", registry=client.metrics.registry)
+            stack.callback(server.shutdown)
         reporter = EffectReporter(client, cache, configured_catalog(settings.catalog_file))
         poller = asyncio.create_task(reporter.poll())
         for _ in range(6_000):  # the follower switches the cache on by itself, within 60 s

@@ -18,6 +18,16 @@ AIM_SENDER_P99_MS = 20.0
 AIM_RATE = 1000
 AIM_SCALING_RATIO = 0.8
 AIM_RSS_GROWTH_PCT = 10.0
+# Issue 20, item 3: sender-visible latency as a ratio to the passthrough's, same run.
+AIM_RATIO_RATES = (200, 500)
+AIM_RATIO_LOW = 3.0
+AIM_RATIO_P99_RATE = 1000
+AIM_RATIO_P99_HIGH = 5.0
+AIM_IDLE_P99_MS = 15.0
+# Issue 20, item 2: the largest of the idle probes under 50 ms, or under twice the largest
+# Kafka-only probe's when that is larger.
+AIM_IDLE_MAX_MS = 50.0
+AIM_IDLE_MAX_FLOOR_FACTOR = 2.0
 SCALING_SMALL = 10_000
 SCALING_LARGE = 10_000_000
 
@@ -80,12 +90,16 @@ def _aim(
     target: float,
     *,
     below: bool = False,
+    at_most: bool = False,
     strict: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
-    """``met``: measured < target when ``below``, else >= target (> when ``strict``)."""
+    """``met``: measured < target when ``below``, <= when ``at_most``, else >= target (>
+    when ``strict``)."""
     if measured is None:
         met = None
+    elif at_most:
+        met = measured <= target
     elif below:
         met = measured < target
     else:
@@ -162,6 +176,83 @@ def aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             below=True,
         ),
     ]
+
+
+def ratio_aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 20, items 2 and 3: the sender-visible latency at 200, 500 and 1,000/s as ratios
+    to the passthrough's in the same run, and the idle one-at-a-time probes."""
+    found: list[dict[str, Any]] = []
+
+    def ratio_of(rate: int, q: str) -> float | None:
+        sender = _num(_get(doc, "sender_effect_ms", str(rate), q))
+        passthrough = _num(_get(doc, "passthrough_latency_ms", str(rate), q))
+        return _ratio(sender, passthrough)
+
+    for rate in AIM_RATIO_RATES:
+        for q in ("p50", "p99"):
+            found.append(
+                _aim(
+                    f"sender-visible {q} at {rate:,}/s <= {AIM_RATIO_LOW:g} x the passthrough's "
+                    f"{q}, same run",
+                    ratio_of(rate, q),
+                    AIM_RATIO_LOW,
+                    at_most=True,
+                    issue=20,
+                )
+            )
+    found.append(
+        _aim(
+            f"sender-visible p99 at {AIM_RATIO_P99_RATE:,}/s <= {AIM_RATIO_P99_HIGH:g} x the "
+            "passthrough's p99, same run",
+            ratio_of(AIM_RATIO_P99_RATE, "p99"),
+            AIM_RATIO_P99_HIGH,
+            at_most=True,
+            issue=20,
+        )
+    )
+    idle = doc.get("idle_probes_ms") or {}
+    found.append(
+        _aim(
+            "idle, one at a time: sender-visible p99 <= 15 ms",
+            _num(_get(idle, "service", "p99")),
+            AIM_IDLE_P99_MS,
+            at_most=True,
+            issue=20,
+        )
+    )
+    floor_max = _num(_get(idle, "passthrough", "max"))
+    target = max(AIM_IDLE_MAX_MS, AIM_IDLE_MAX_FLOOR_FACTOR * (floor_max or 0.0))
+    found.append(
+        _aim(
+            "idle, one at a time: the largest sender-visible time < 50 ms, or < 2 x the "
+            "largest Kafka-only two-hop probe's if that is larger",
+            _num(_get(idle, "service", "max")),
+            round(target, 2),
+            below=True,
+            issue=20,
+            kafka_only_max_ms=floor_max,
+        )
+    )
+    return found
+
+
+def waterfalls(latency: Mapping[str, Any]) -> dict[str, Any]:
+    """The latency waterfall measured at each rate (``benchmarks/waterfall.py``)."""
+    return {
+        rate: _get(sides, "service", "waterfall")
+        for rate, sides in sorted(latency.items(), key=lambda kv: float(kv[0]))
+        if _get(sides, "service", "waterfall") is not None
+    }
+
+
+def idle_probes(idle: Mapping[str, Any]) -> dict[str, Any]:
+    """The idle one-at-a-time probes: the service's, the Kafka-only floor's, the waterfall."""
+    return {
+        "probes": idle.get("probes"),
+        "service": _quantiles(_get(idle, "service", "produce_to_sender_no")),
+        "passthrough": _quantiles(_get(idle, "passthrough", "produce_to_output")),
+        "waterfall": _get(idle, "service", "waterfall"),
+    }
 
 
 def cpu_per_command(figures: Any, cores: float | None) -> dict[str, Any] | None:
@@ -243,7 +334,9 @@ def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
         if (budget := cpu_per_command(figures, cores)) is not None
     }
     doc["postgresql_cpu_us_per_command"] = measurements.get("postgresql_by_part")
-    doc["aims"] = aims(doc)
+    doc["waterfall_ms"] = waterfalls(latency)
+    doc["idle_probes_ms"] = idle_probes(measurements.get("idle_probes") or {})
+    doc["aims"] = [*({**a, "issue": 11} for a in aims(doc)), *ratio_aims(doc)]
     notes = list(measurements.get("notes") or [])
     if largest is not None and largest < SCALING_LARGE:
         notes.append(
@@ -254,7 +347,7 @@ def build(measurements: Mapping[str, Any]) -> dict[str, Any]:
     doc["errors"] = dict(measurements.get("errors") or {})
     doc["details"] = {
         k: measurements.get(k)
-        for k in ("throughput", "latency", "scaling", "soak", "peer", "read_path")
+        for k in ("throughput", "latency", "idle_probes", "scaling", "soak", "peer", "read_path")
         if measurements.get(k) is not None
     }
     return doc

@@ -22,7 +22,7 @@ _LATENCY = (
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
 # A step of the waterfall, from a tenth of a millisecond to a stall of seconds.
-_STEP = (
+STEP_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
     5.0,
 )  # fmt: skip
@@ -85,7 +85,7 @@ class PrometheusMetrics:
             " steps, observed once per batch: fetch (for the batch's oldest record), queued,"
             " decode, postgresql, outputs_queued, redis, event_ack, outcome_ack.",
             ["step"],
-            buckets=_STEP,
+            buckets=STEP_BUCKETS,
             registry=r,
         )
         self._steps = {step: self.waterfall_steps.labels(step) for step in STEPS}

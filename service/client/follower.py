@@ -20,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from service.adapters.kafka.connection import KafkaConnection
 from service.client.applied_reports import AppliedReporter
 from service.client.catch_up import CatchUp
+from service.client.follower_metrics import FollowerTelemetry
 from service.client.local_cache import LocalCache
 from service.contract.v1 import PreferenceChangedV1
 from service.domain.model import SubjectKey, SubjectState
@@ -98,8 +100,10 @@ class PreferencesFollower:
         stall_seconds: float = 2.0,
         retry_max_seconds: float = 5.0,
         reporter: AppliedReporter | None = None,
+        telemetry: FollowerTelemetry | None = None,
     ) -> None:
         self._kafka = kafka
+        self._telemetry = telemetry
         self._topic = topic
         self._cache = cache
         self._bound_seconds = bound_seconds
@@ -240,14 +244,34 @@ class PreferencesFollower:
         poll_ms = round(self._poll_seconds * 1000)
         while True:
             batch = await session.consumer.getmany(timeout_ms=poll_ms)
-            for records in batch.values():
-                for record in records:
-                    self._apply(record.key, record.value)
+            if self._telemetry is None:
+                for records in batch.values():
+                    for record in records:
+                        self._apply(record.key, record.value)
+            elif batch:
+                self._apply_timed(batch.values(), self._telemetry)
             await self._observe(session)
             if self._cache.clock() >= session.next_listing:
                 await self._list_partitions(session)
             await self._probe_lagging(session)
             self._publish(session)
+
+    def _apply_timed(
+        self, batch: Iterable[Sequence[ConsumerRecord[bytes, bytes]]], telemetry: FollowerTelemetry
+    ) -> None:
+        """``_apply`` each record, timing its steps: the fetch from the record's Kafka
+        timestamp to now (one wall-clock reading per fetch), and the apply."""
+        received_ms = time.time() * 1000
+        fetch: list[float] = []
+        apply: list[float] = []
+        clock = time.perf_counter
+        for records in batch:
+            for record in records:
+                fetch.append((received_ms - record.timestamp) / 1000)
+                started = clock()
+                self._apply(record.key, record.value)
+                apply.append(clock() - started)
+        telemetry.events(fetch, apply)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:

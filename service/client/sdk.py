@@ -24,6 +24,8 @@ from contextlib import AsyncExitStack
 from functools import lru_cache, partial
 from types import TracebackType
 
+from prometheus_client import CollectorRegistry
+
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.connection import KafkaConnection
 from service.adapters.postgres.pool import create_pool
@@ -37,6 +39,7 @@ from service.application.decisions import (
 from service.client.applied_reports import AppliedReporter
 from service.client.decision_api import DecisionApi
 from service.client.follower import PreferencesFollower
+from service.client.follower_metrics import SdkMetrics
 from service.client.local_cache import LocalCache
 from service.domain.catalog import Catalog, link_problem
 from service.domain.decision import is_allowed
@@ -90,21 +93,31 @@ class OptoutClient:
         stack: AsyncExitStack,
         settings: Settings | None = None,
         api: DecisionApi | None = None,
+        metrics: SdkMetrics | None = None,
     ) -> None:
         self._decisions = decisions
         self._api = api
         self._local = local
         self.follower = follower
+        # The follower's steps (``optout_sdk_follower_seconds``) on a registry the sender
+        # serves from its own /metrics; None without the local cache.
+        self.metrics = metrics
         self._stack = stack
         self._settings = settings or Settings()
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, *, local_cache: bool | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        local_cache: bool | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> OptoutClient:
         """Open the connections; with the local cache, also start following the events.
 
         ``local_cache`` overrides ``OPTOUT_CLIENT_LOCAL_CACHE``; one-shot tools turn it off.
+        ``registry``: where the follower's metrics go (``client.metrics``), for a sender that
+        already serves a Prometheus registry; a registry of their own otherwise.
         """
         settings = settings or Settings()
         use_local = settings.client_local_cache if local_cache is None else local_cache
@@ -119,7 +132,9 @@ class OptoutClient:
             catalog = configured_catalog(settings.catalog_file)
             local: LocalCache | None = None
             follower: PreferencesFollower | None = None
+            metrics: SdkMetrics | None = None
             if use_local:
+                metrics = SdkMetrics(registry)
                 local = LocalCache(
                     partial(is_allowed, catalog),
                     max_entries=settings.client_local_cache_size,
@@ -134,6 +149,7 @@ class OptoutClient:
                     bound_seconds=settings.client_local_cache_bound_seconds,
                     stall_seconds=settings.client_local_cache_stall_seconds,
                     reporter=reporter,
+                    telemetry=metrics,
                 )
                 await follower.start()
                 stack.push_async_callback(follower.stop)
@@ -160,7 +176,7 @@ class OptoutClient:
         except BaseException:
             await stack.aclose()
             raise
-        return cls(decisions, local, follower, stack, settings, api)
+        return cls(decisions, local, follower, stack, settings, api, metrics)
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -270,3 +270,39 @@ async def test_a_failure_in_the_follower_switches_the_cache_off_until_it_recover
         answer = cache.decision("default", "fails-3", TOPIC, CHANNEL)
         assert answer is not None
         assert not answer.allowed
+
+
+def _follower_counts(client: OptoutClient) -> dict[str, float]:
+    assert client.metrics is not None
+    return {
+        step: client.metrics.registry.get_sample_value(
+            "optout_sdk_follower_seconds_count", {"step": step}
+        )
+        or 0.0
+        for step in ("fetch", "apply")
+    }
+
+
+async def test_the_follower_times_each_event_it_applies(
+    settings: Settings, stack: ContractClient
+) -> None:
+    async with await OptoutClient.connect(settings) as client:
+        cache = client.local_cache
+        assert cache is not None
+        assert _follower_counts(client) == {"fetch": 0.0, "apply": 0.0}
+        for i in range(3):
+            await stack.apply(command(f"timed-{i}", OPT_OUT))
+        await until(
+            lambda: all(allowed_by(client, f"timed-{i}") is False for i in range(3)),
+            10.0,
+            "applied",
+        )
+        counts = _follower_counts(client)
+        assert counts["fetch"] >= 3
+        assert counts["apply"] >= 3
+        assert client.metrics is not None
+        fetch_sum = client.metrics.registry.get_sample_value(
+            "optout_sdk_follower_seconds_sum", {"step": "fetch"}
+        )
+        assert fetch_sum is not None
+        assert fetch_sum > 0.0

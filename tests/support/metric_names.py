@@ -50,6 +50,12 @@ METRICS: dict[str, Metric] = {
     )
 }
 
+# The SDK's metrics (``service.client.follower_metrics``), on a registry the sender serves:
+# README, "The SDK's metrics". Not the worker's, so not on the worker's dashboard.
+SDK_METRICS: dict[str, Metric] = {
+    m.name: m for m in (_m("optout_sdk_follower_seconds", "histogram", "step"),)
+}
+
 # Labels the scrape adds to every series (Prometheus, the Prometheus Operator, Kubernetes).
 TARGET_LABELS = frozenset({"instance", "job", "namespace", "pod", "container", "service"})
 

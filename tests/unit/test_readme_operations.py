@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.support.metric_names import METRICS
+from tests.support.metric_names import METRICS, SDK_METRICS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -50,3 +50,13 @@ def test_links_within_the_readme_lead_to_a_heading() -> None:
     }
     for target in re.findall(r"\]\(#([^)]+)\)", README):
         assert target in anchors, f"#{target} leads nowhere"
+
+
+def test_sdk_metrics_table_matches_the_sdk_metric_list() -> None:
+    rows = re.findall(
+        r"^\| `(optout_\w+)` \| (\w+) \|([^|]*)\|", _section("The SDK's metrics"), re.M
+    )
+    documented = {
+        name: (kind, frozenset(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows
+    }
+    assert documented == {m.name: (m.type, m.labels) for m in SDK_METRICS.values()}
