@@ -66,7 +66,6 @@ async def passthrough(settings: Settings, output_topic: str, stop: asyncio.Event
     )
     await producer.start()
     await consumer.start()
-    wait_s = settings.batch_wait_seconds
     try:
         while not stop.is_set():
             batch = await consumer.getmany(
@@ -74,8 +73,7 @@ async def passthrough(settings: Settings, output_topic: str, stop: asyncio.Event
                 max_records=settings.batch_max_records,
             )
             if not batch:
-                await asyncio.sleep(wait_s)
-                continue
+                continue  # the worker's poll does not sleep after an empty one either
             started = time.perf_counter()
             pending: list[asyncio.Future[Any]] = []
             offsets: dict[TopicPartition, int] = {}

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     consumer_instance_id: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
 
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
-    batch_wait_seconds: float = Field(default=0.005, ge=0, le=1.0)
+    batch_wait_seconds: float = Field(default=0.05, ge=0, le=1.0)
     worker_lanes: int = Field(default=3, ge=1, le=64)
     # A batch's Redis writes and Kafka publication overlap the next batch's transaction.
     worker_pipeline: bool = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -54,12 +53,9 @@ async def test_sigterm_under_load_commits_the_batch_in_flight(
 
         producing = asyncio.create_task(produce())
         await client.wait_for(lambda: len(client.outcomes) >= 300, 90)
-        stopping = time.monotonic()
         worker.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(worker.wait, 30)
-        took = time.monotonic() - stopping
+        code = await asyncio.to_thread(worker.wait, 120)
         assert code == 0
-        assert took < settings.shutdown_deadline_seconds + 5
         await asyncio.sleep(1.0)  # outcomes published before the exit reach the reader
         committed = await committed_offsets(settings)
         answered = [where[c] for c in list(client.outcomes) if c in where]
@@ -69,7 +65,10 @@ async def test_sigterm_under_load_commits_the_batch_in_flight(
             # it is left for the next worker to redo.
             assert committed.get(partition, 0) > offset, (partition, offset)
         events = [json.loads(line)["event"] for line in first_log.read_text().splitlines()]
+        # Within its deadline: the drain's own verdict, not a clock read by the test (a busy
+        # machine slows the exit after the drain, not the drain's deadline).
         assert "worker_drained" in events
+        assert "worker_drain_deadline_passed" not in events
 
         await producing
         second = start_worker(settings, tmp_path / "second.log", free_port())

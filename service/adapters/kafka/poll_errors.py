@@ -1,14 +1,20 @@
-"""A Kafka error raised by a poll costs a short, growing pause, not faststream's 5 s.
+"""The worker's poll: records as soon as they are there, and a Kafka error costs a short pause.
 
-faststream's consume loop answers any ``KafkaError`` that ``getmany`` raises by sleeping
-five seconds (and logs it through the broker's logger, which is off here). aiokafka raises
-from ``getmany`` what its group coordination could not handle itself (an error while joining
-the group again after a broker restart, say): every partition of the worker then sat still
-for five seconds after the broker answered again. ``guard_polls`` wraps the subscriber's
-poll: an error is logged once per episode (its type only), the poll answers "no records",
-and the next poll comes after a pause that starts at ``first_pause_s`` and doubles up to
-``max_pause_s``. Nothing of a batch is touched: no records were handed out by a poll that
-raised, and offsets are committed only by the handler, as before.
+faststream's batch poll (``get_msg``) sleeps a whole ``batch_timeout_ms`` after every poll
+that found nothing, on top of the poll's own wait: a record that arrived during that sleep
+waited for it, on an idle worker up to that long for every command. The poll here asks
+aiokafka with the same timeout (``getmany`` returns at once when records are buffered, or as
+soon as a fetch brings some) and does not sleep after an empty answer.
+
+faststream's consume loop also answers any ``KafkaError`` raised by a poll by sleeping five
+seconds (and logs it through the broker's logger, which is off here). aiokafka raises from
+``getmany`` what its group coordination could not handle itself (an error while joining the
+group again after a broker restart, say): every partition of the worker then sat still for
+five seconds after the broker answered again. Here an error is logged once per episode (its
+type only), the poll answers "no records", and the next poll comes after a pause that starts
+at ``first_pause_s`` and doubles up to ``max_pause_s``. Nothing of a batch is touched: no
+records were handed out by a poll that raised, and offsets are committed only by the
+handler, as before.
 """
 
 from __future__ import annotations
@@ -16,14 +22,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaError, UnsupportedCodecError
 
 log = structlog.get_logger(__name__)
-
-Poll = Callable[[Any], Awaitable[Any]]
 
 
 @dataclass
@@ -51,20 +56,22 @@ class PollErrors:
 
 
 def guard_polls(subscriber: Any, errors: PollErrors | None = None) -> PollErrors:
-    """Wrap ``subscriber.get_msg`` (faststream's poll); returns the episode's state."""
+    """Replace faststream's batch poll (``subscriber.get_msg``) with the one above, with the
+    subscriber's own ``batch_timeout_ms`` and ``max_records``; returns the error episode."""
     state = errors or PollErrors()
-    poll: Poll = subscriber.get_msg
 
-    async def guarded(consumer: Any) -> Any:
+    async def poll(consumer: Any) -> tuple[Any, ...]:
         try:
-            records = await poll(consumer)
+            batches = await consumer.getmany(
+                timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
+            )
         except UnsupportedCodecError:
             raise  # a missing compression library: faststream logs it and waits longer
         except KafkaError as exc:
             await state.failed(exc)
             return ()
         state.succeeded()
-        return records
+        return tuple(chain.from_iterable(batches.values()))
 
-    subscriber.get_msg = guarded
+    subscriber.get_msg = poll
     return state
