@@ -5,6 +5,15 @@ must never happen is Redis refusing the worker's writes because memory is full, 
 does under `maxmemory` with `noeviction` (the default) or a `volatile-*` policy, since the
 worker's keys carry no expiry. So with a memory limit the policy must be `allkeys-*`, on
 every primary of a cluster.
+
+A connection the server closed (Redis restarted, an idle connection dropped) fails its next
+command with ``ConnectionError`` and is reopened; redis-py retries nothing unless told, so
+the first read after a Redis restart answered 503 although Redis was back. Each command now
+gets ``RECONNECT_RETRIES`` more tries on a fresh connection, a few milliseconds apart. Only
+``ConnectionError`` is retried: a timeout is not, so a slow Redis never doubles a read's
+wait. A retried write is safe: the cache's writes are version-guarded scripts (an older
+state never replaces a newer one), and a rate-limit hit counted twice errs on the strict
+side.
 """
 
 from __future__ import annotations
@@ -14,11 +23,27 @@ from typing import Any, Literal, TypeAlias, overload
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 SAFE_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
 RedisClient: TypeAlias = Redis | RedisCluster
+
+RECONNECT_RETRIES = 2
+
+
+def reconnecting() -> dict[str, Any]:
+    """The client options that retry a command on a fresh connection (see above)."""
+    return {
+        "retry": Retry(
+            ExponentialWithJitterBackoff(base=0.005, cap=0.05),
+            RECONNECT_RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
+    }
 
 
 @overload
@@ -37,6 +62,7 @@ def create_redis(url: str, *, cluster: bool = False) -> RedisClient:
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=10,
+            **reconnecting(),
         )
     return Redis.from_url(
         url,
@@ -44,6 +70,7 @@ def create_redis(url: str, *, cluster: bool = False) -> RedisClient:
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=10,
+        **reconnecting(),
     )
 
 

@@ -18,7 +18,7 @@ from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 
-from service.adapters.redis_client import RedisClient
+from service.adapters.redis_client import RedisClient, reconnecting
 from service.application.rate_limits import ALLOWED, Rule, Verdict
 
 FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
@@ -69,6 +69,7 @@ class RedisLimitStore:
                 socket_connect_timeout=2,
                 socket_timeout=2,
                 ssl=urlsplit(redis_url).scheme == "rediss",
+                **reconnecting(),
             )
         else:
             self._storage = RedisStorage(
@@ -77,6 +78,7 @@ class RedisLimitStore:
                 key_prefix=self._prefix,
                 socket_connect_timeout=2,
                 socket_timeout=2,
+                **reconnecting(),
             )
         self._limiter = SlidingWindowCounterRateLimiter(self._storage)
 

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from service.adapters.postgres.migrator import migrate
 from service.entrypoints.server import Service
@@ -145,3 +146,38 @@ async def test_kafka_outage(settings: Settings) -> None:
             await send_all(client, second)
             await client.wait_for(lambda: len(client.outcomes) == 20, 120)
             await applied_once(own, first + second)
+
+
+async def test_the_first_read_after_a_redis_restart_is_answered(settings: Settings) -> None:
+    """A pooled connection the restart closed is reopened and the command tried again: the
+    first read after Redis is back answers 200, not 503 (and no rate-limit check fails)."""
+    token = "restart-reader-0123456789"
+    with throwaway_redis(free_port()) as redis:
+        own = settings.model_copy(
+            update={
+                "redis_url": SecretStr(redis.url),
+                "http_port": 0,
+                "api_tokens": SecretStr(f"reader:{token}:check"),
+            }
+        )
+        async with (
+            Service(own, with_worker=False) as service,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{service.ports['http']}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ) as http,
+        ):
+
+            async def read() -> int:
+                answer = await http.get("/v1/subjects/restarted/preferences")
+                return answer.status_code
+
+            assert await read() == 200  # the pool holds a connection from now on
+            redis.stop()
+            redis.start()
+            with capture_logs() as logs:
+                assert await read() == 200
+            redis.stop()
+            assert await read() == 503  # positive control: a Redis error does show as 503
+    assert [e for e in logs if e["event"].endswith("_unavailable")] == []
