@@ -23,13 +23,18 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
-from service.adapters.kafka.consumer import GroupMembership, WorkerState, register_worker
+from service.adapters.kafka.consumer import (
+    BulkLane,
+    GroupMembership,
+    WorkerState,
+    register_worker,
+)
 from service.adapters.kafka.contract_publisher import ContractPublisher
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import KafkaTopicRetention, read_size_limits
 from service.adapters.kafka.snapshot_sink import KafkaSnapshotSink
-from service.adapters.kafka.topics import KafkaTopic, ensure_topics
+from service.adapters.kafka.topics import KafkaTopic, check_copartitioned, ensure_topics
 from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
@@ -69,6 +74,9 @@ def contract_topics(settings: Settings) -> list[KafkaTopic]:
     n, rf = settings.topic_partitions, settings.topic_replication
     return [
         KafkaTopic(settings.topic_commands, n, rf),
+        # The same partition count as the live commands topic: a subject is on partition p
+        # of both (adapters/kafka/priority.py).
+        KafkaTopic(settings.commands_bulk_topic, n, rf),
         KafkaTopic(settings.topic_preferences, n, rf, {"cleanup.policy": "compact"}),
         KafkaTopic(settings.topic_outcomes, n, rf),
         KafkaTopic(settings.topic_dlq, n, rf),
@@ -450,6 +458,7 @@ async def _start_worker(
 ) -> None:
     kafka = KafkaConnection.from_settings(settings)
     await ensure_topics(kafka, contract_topics(settings))
+    await check_copartitioned(kafka, settings.topic_commands, settings.commands_bulk_topic)
     broker = build_broker(kafka)
     limits = await read_size_limits(kafka, settings.topic_dlq)
     output = KafkaOutput(kafka, limits, container.liveness)
@@ -501,6 +510,7 @@ async def _start_worker(
         ),
         answers=_answers(container.readiness),
         probe_every_s=settings.retry_probe_interval_seconds,
+        bulk=BulkLane(settings.commands_bulk_topic, settings.bulk_max_records_per_batch),
     )
 
     async def kafka_probe() -> str | None:

@@ -282,7 +282,11 @@ def lag(
         str | None, typer.Option(help="Consumer group (default OPTOUT_CONSUMER_GROUP).")
     ] = None,
     topic: Annotated[
-        str | None, typer.Option(help="Topic (default OPTOUT_TOPIC_COMMANDS).")
+        str | None,
+        typer.Option(
+            help="Topic (default: OPTOUT_TOPIC_COMMANDS and OPTOUT_TOPIC_COMMANDS_BULK, the"
+            " live and the bulk lane; the bulk one is left out while it does not exist)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document, for machines.")
@@ -312,11 +316,21 @@ def lag(
     # The client library logs its connection errors itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     group_name = group or settings.consumer_group
-    topic_name = topic or settings.topic_commands
+    topic_names = [topic] if topic else [settings.topic_commands, settings.commands_bulk_topic]
+
+    async def lanes() -> list[Any]:
+        rows: list[Any] = []
+        for name in topic_names:
+            try:
+                rows += await group_lag(kafka, group_name, name)
+            except LookupError:
+                if name != settings.commands_bulk_topic or topic:
+                    raise
+        return rows
 
     def measure() -> list[Any]:
         try:
-            return asyncio.run(group_lag(kafka, group_name, topic_name))
+            return asyncio.run(lanes())
         except Exception as exc:  # one line naming the dependency, never a traceback
             why = f"{type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''}"
             if not isinstance(exc, LookupError):
@@ -333,7 +347,7 @@ def lag(
         return json.dumps(
             {
                 "group": group_name,
-                "topic": topic_name,
+                "topics": topic_names,
                 "partitions": [r.as_dict() for r in rows],
                 "total_lag_records": sum(r.lag_records for r in rows),
                 "max_lag_seconds": max((r.lag_seconds for r in rows), default=0.0),
