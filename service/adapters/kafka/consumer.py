@@ -157,12 +157,21 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._state.gaps.forget((tp.topic, tp.partition) for tp in revoked)
         for tp in revoked:
             self._telemetry.forget_partition(tp.topic, tp.partition)
-        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+        log.info("partitions_revoked", **_numbers(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._state.assigned.update((tp.topic, tp.partition) for tp in assigned)
         self._state.gaps.forget((tp.topic, tp.partition) for tp in assigned)
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        log.info("partitions_assigned", **_numbers(assigned))
+
+
+def _numbers(tps: list[TopicPartition]) -> dict[str, list[Any]]:
+    """For the log: the partition numbers, and the topics they are of (with the bulk lane,
+    partition p of both command topics moves together, so the numbers are those of either)."""
+    return {
+        "partitions": sorted({tp.partition for tp in tps}),
+        "topics": sorted({tp.topic for tp in tps}),
+    }
 
 
 async def _raw_records(message: Any) -> Any:
