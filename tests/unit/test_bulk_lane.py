@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream.kafka import KafkaBroker
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -56,9 +56,10 @@ class FetchBuffer:
         return sum(len(r) for tp, r in self.buffers.items() if tp.topic == LIVE)
 
 
+@settings(deadline=None)  # a batch size of 1 makes thousands of calls
 @given(
-    bulk=st.lists(st.integers(0, 3_000), min_size=1, max_size=4),
-    live=st.lists(st.integers(0, 700), min_size=1, max_size=4),
+    bulk=st.lists(st.integers(0, 2_000), min_size=1, max_size=4),
+    live=st.lists(st.integers(0, 500), min_size=1, max_size=4),
     max_records=st.integers(1, 600),
     bulk_max=st.integers(1, 600),
 )
