@@ -30,6 +30,7 @@ from service.adapters.kafka.consumer import (
     register_worker,
 )
 from service.adapters.kafka.contract_publisher import ContractPublisher
+from service.adapters.kafka.dead_letters import KafkaDeadLetters
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import KafkaTopicRetention, read_size_limits
@@ -50,6 +51,7 @@ from service.adapters.redis_receipts import RedisReceiptClock
 from service.adapters.redis_refill import RedisCacheRefill
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
+from service.application.dlq_replay import ReplayDeadLetters
 from service.application.health import Liveness, Readiness
 from service.application.history import ConsentHistory
 from service.application.intake import CommandIntake
@@ -577,3 +579,20 @@ async def snapshot_republisher(
     sink = await KafkaSnapshotSink.started(KafkaConnection.from_settings(settings), topic)
     stack.push_async_callback(sink.stop)
     return RepublishSnapshots(pages, sink, progress)
+
+
+async def dead_letter_replayer(
+    settings: Settings, stack: AsyncExitStack, *, dry_run: bool
+) -> ReplayDeadLetters:
+    """`optout dlq replay`: the dead-letter topic read, the chosen records' original bytes
+    published on the bulk lane's commands topic (created when missing, like the importer)."""
+    kafka = KafkaConnection.from_settings(settings)
+    source = KafkaDeadLetters(kafka, settings.topic_dlq)
+    if dry_run:
+        return ReplayDeadLetters(source, None)
+    (bulk,) = [t for t in contract_topics(settings) if t.name == settings.commands_bulk_topic]
+    await ensure_topics(kafka, [bulk])
+    output = KafkaOutput(kafka, client_id="optout-dlq-replay")
+    await output.start()
+    stack.push_async_callback(output.stop)
+    return ReplayDeadLetters(source, KafkaCommandSink(output, bulk.name))

@@ -18,6 +18,7 @@ import typer
 from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
+from service.entrypoints.dlq_cli import dlq_app
 from service.entrypoints.history_cli import history
 from service.entrypoints.import_cli import import_file
 from service.entrypoints.links_cli import links_app
@@ -36,6 +37,7 @@ app.command("import")(import_file)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(links_app, name="links")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _settings(*, kafka: bool = False) -> Settings:
