@@ -5,10 +5,9 @@ A dead letter is chosen by its place (partition, offset range) and/or its reason
 ``x-error`` header, by prefix: ``failed with`` for records a dependency kept refusing,
 ``invalid payload``...). Its original key and value are republished untouched, so a command
 that was applied before (its id is in the processed log) is answered ``duplicate``, never
-applied twice. Records that cannot be
-replayed faithfully are counted and left alone: a value cut to fit the dead-letter topic
-(``x-truncated``; the whole value is still in the source topic at ``x-original-offset``), and
-records without a key or a value. Replays go to the bulk lane so a large one never holds
+applied twice. Records that cannot be replayed faithfully are counted and left alone: a value
+cut to fit the dead-letter topic (``x-truncated``; the whole value is still in the source
+topic at ``x-original-offset``), and records without a key or a value. Replays go to the bulk lane so a large one never holds
 live opt-outs up (README, The bulk lane).
 """
 
