@@ -7,8 +7,8 @@ A dead letter is chosen by its place (partition, offset range) and/or its reason
 that was applied before (its id is in the processed log) is answered ``duplicate``, never
 applied twice. Records that cannot be replayed faithfully are counted and left alone: a value
 cut to fit the dead-letter topic (``x-truncated``; the whole value is still in the source
-topic at ``x-original-offset``), and records without a key or a value. Replays go to the bulk lane so a large one never holds
-live opt-outs up (README, The bulk lane).
+topic at ``x-original-offset``), and records without a key or a value. Replays go to the bulk
+lane so a large one never holds live opt-outs up (README, The bulk lane).
 """
 
 from __future__ import annotations
