@@ -29,6 +29,12 @@ aiokafka's buffer, where the next call finds them (nothing is sought or dropped,
 only move over records handed to the handler). A live record fetched while a batch is in
 flight therefore waits for that batch (at most ``bulk_max_records`` bulk records) and the
 second stage before it, never for the bulk backlog.
+
+What this does not remove: aiokafka sends no new fetch to a broker while a partition's
+fetched records are younger than its fixed ``prefetch_backoff`` (100 ms) and not yet handed
+out, so right after a bulk partition's buffer was refilled a live record may wait up to that
+long to be fetched at all. The bulk buffers are refilled about once per
+``max_partition_fetch_bytes`` of bulk records (1 MiB, thousands of commands).
 """
 
 from __future__ import annotations
