@@ -23,14 +23,20 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from service.adapters.catalog_file import configured_catalog
 from service.adapters.kafka.broker import build_broker
 from service.adapters.kafka.connection import KafkaConnection, KafkaUnreachable, explained
-from service.adapters.kafka.consumer import GroupMembership, WorkerState, register_worker
+from service.adapters.kafka.consumer import (
+    BulkLane,
+    GroupMembership,
+    WorkerState,
+    register_worker,
+)
 from service.adapters.kafka.contract_publisher import ContractPublisher
+from service.adapters.kafka.dead_letters import KafkaDeadLetters
 from service.adapters.kafka.effect_receipts import EffectReceiptsFeed
 from service.adapters.kafka.intake import KafkaCommandSink, OutcomeFollower
 from service.adapters.kafka.producer import KafkaOutput
 from service.adapters.kafka.sizes import KafkaTopicRetention, read_size_limits
 from service.adapters.kafka.snapshot_sink import KafkaSnapshotSink
-from service.adapters.kafka.topics import KafkaTopic, ensure_topics
+from service.adapters.kafka.topics import KafkaTopic, check_copartitioned, ensure_topics
 from service.adapters.postgres.history_reader import PostgresHistoryReader
 from service.adapters.postgres.migrator import migrate
 from service.adapters.postgres.pool import create_pool
@@ -47,6 +53,7 @@ from service.adapters.redis_receipts import RedisReceiptClock
 from service.adapters.redis_refill import RedisCacheRefill
 from service.adapters.redis_states import state_cache
 from service.application.decisions import DecisionService
+from service.application.dlq_replay import ReplayDeadLetters
 from service.application.health import Liveness, Readiness
 from service.application.history import ConsentHistory
 from service.application.intake import CommandIntake
@@ -72,6 +79,9 @@ def contract_topics(settings: Settings) -> list[KafkaTopic]:
     n, rf = settings.topic_partitions, settings.topic_replication
     return [
         KafkaTopic(settings.topic_commands, n, rf),
+        # The same partition count as the live commands topic: a subject is on partition p
+        # of both (adapters/kafka/priority.py).
+        KafkaTopic(settings.commands_bulk_topic, n, rf),
         KafkaTopic(settings.topic_preferences, n, rf, {"cleanup.policy": "compact"}),
         KafkaTopic(settings.topic_outcomes, n, rf),
         KafkaTopic(settings.topic_dlq, n, rf),
@@ -504,6 +514,7 @@ async def _start_worker(
 ) -> None:
     kafka = KafkaConnection.from_settings(settings)
     await ensure_topics(kafka, contract_topics(settings))
+    await check_copartitioned(kafka, settings.topic_commands, settings.commands_bulk_topic)
     broker = build_broker(kafka)
     limits = await read_size_limits(kafka, settings.topic_dlq)
     output = KafkaOutput(kafka, limits, container.liveness)
@@ -555,6 +566,7 @@ async def _start_worker(
         ),
         answers=_answers(container.readiness),
         probe_every_s=settings.retry_probe_interval_seconds,
+        bulk=BulkLane(settings.commands_bulk_topic, settings.bulk_max_records_per_batch),
     )
 
     async def kafka_probe() -> str | None:
@@ -621,3 +633,20 @@ async def snapshot_republisher(
     sink = await KafkaSnapshotSink.started(KafkaConnection.from_settings(settings), topic)
     stack.push_async_callback(sink.stop)
     return RepublishSnapshots(pages, sink, progress)
+
+
+async def dead_letter_replayer(
+    settings: Settings, stack: AsyncExitStack, *, dry_run: bool
+) -> ReplayDeadLetters:
+    """`optout dlq replay`: the dead-letter topic read, the chosen records' original bytes
+    published on the bulk lane's commands topic (created when missing, like the importer)."""
+    kafka = KafkaConnection.from_settings(settings)
+    source = KafkaDeadLetters(kafka, settings.topic_dlq)
+    if dry_run:
+        return ReplayDeadLetters(source, None)
+    (bulk,) = [t for t in contract_topics(settings) if t.name == settings.commands_bulk_topic]
+    await ensure_topics(kafka, [bulk])
+    output = KafkaOutput(kafka, client_id="optout-dlq-replay")
+    await output.start()
+    stack.push_async_callback(output.stop)
+    return ReplayDeadLetters(source, KafkaCommandSink(output, bulk.name))

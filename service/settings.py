@@ -6,6 +6,7 @@ with no configuration at all.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=0, ge=0)
 
     topic_commands: str = "optout.commands.v1"
+    # Imports, dead-letter replays and any other bulk producer of commands: a lane of its own
+    # that the worker reads behind the live topic (adapters/kafka/priority.py). Empty: derived
+    # from topic_commands (`optout.commands.v1` -> `optout.commands.bulk.v1`).
+    topic_commands_bulk: str = ""
     topic_preferences: str = "optout.preferences.v1"
     topic_outcomes: str = "optout.outcomes.v1"
     topic_dlq: str = "optout.commands.dlq.v1"
@@ -61,6 +66,9 @@ class Settings(BaseSettings):
     consumer_instance_id: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
 
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
+    # At most this many bulk-lane records in one batch: a live command waits behind no more
+    # bulk work than this (README, Bulk lane).
+    bulk_max_records_per_batch: int = Field(default=200, ge=1, le=10_000)
     batch_wait_seconds: float = Field(default=0.05, ge=0, le=1.0)
     worker_lanes: int = Field(default=3, ge=1, le=64)
     # A batch's Redis writes and Kafka publication overlap the next batch's transaction.
@@ -174,6 +182,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _bulk_lane_apart(self) -> Settings:
+        if self.commands_bulk_topic == self.topic_commands:
+            raise ValueError(
+                "OPTOUT_TOPIC_COMMANDS_BULK must differ from OPTOUT_TOPIC_COMMANDS: the bulk"
+                " lane is a topic of its own"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _heartbeats_within_the_session(self) -> Settings:
         if self.consumer_heartbeat_interval_seconds * 3 > self.consumer_session_timeout_seconds:
             raise ValueError(
@@ -192,6 +209,13 @@ class Settings(BaseSettings):
             env[f"OPTOUT_{name.upper()}"] = str(raw)
         return env
 
+    @property
+    def commands_bulk_topic(self) -> str:
+        """The bulk lane's topic: `topic_commands_bulk`, or derived from `topic_commands`
+        when empty (a property, not a stored default, so that a copy of the settings with
+        other topic names gets its own bulk topic too)."""
+        return self.topic_commands_bulk or bulk_topic_for(self.topic_commands)
+
     @cached_property
     def database_dsn(self) -> str:
         return self.database_url.get_secret_value()
@@ -199,6 +223,15 @@ class Settings(BaseSettings):
     @cached_property
     def redis_dsn(self) -> str:
         return self.redis_url.get_secret_value()
+
+
+def bulk_topic_for(live_topic: str) -> str:
+    """The bulk lane's topic beside `live_topic`: `.bulk` before a trailing version
+    (`optout.commands.v1` -> `optout.commands.bulk.v1`), else appended."""
+    stem, dot, version = live_topic.rpartition(".")
+    if dot and re.fullmatch(r"v[0-9]+", version):
+        return f"{stem}.bulk.{version}"
+    return f"{live_topic}.bulk"
 
 
 def load_settings(command: str = "optout") -> Settings:

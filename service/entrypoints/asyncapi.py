@@ -36,6 +36,18 @@ def asyncapi_document() -> str:
     async def commands(body: CommandV1) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    @broker.subscriber(
+        settings.commands_bulk_topic,
+        title="command-bulk",
+        description=(
+            "The bulk lane: the same commands from imports, dead-letter replays and other "
+            "bulk producers, keyed by subject_id, with the commands topic's partition count. "
+            "Read behind live commands, at most a bounded number per batch."
+        ),
+    )
+    async def bulk_commands(body: CommandV1) -> None:  # pragma: no cover
+        raise NotImplementedError
+
     broker.publisher(
         settings.topic_preferences,
         title="preference-changed",

@@ -18,6 +18,7 @@ import typer
 from redis.exceptions import RedisError
 
 from service.bootstrap import host_port, run_migrations
+from service.entrypoints.dlq_cli import dlq_app
 from service.entrypoints.history_cli import history
 from service.entrypoints.import_cli import import_file
 from service.entrypoints.links_cli import links_app
@@ -36,6 +37,7 @@ app.command("import")(import_file)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(links_app, name="links")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _settings(*, kafka: bool = False) -> Settings:
@@ -282,7 +284,11 @@ def lag(
         str | None, typer.Option(help="Consumer group (default OPTOUT_CONSUMER_GROUP).")
     ] = None,
     topic: Annotated[
-        str | None, typer.Option(help="Topic (default OPTOUT_TOPIC_COMMANDS).")
+        str | None,
+        typer.Option(
+            help="Topic (default: OPTOUT_TOPIC_COMMANDS and OPTOUT_TOPIC_COMMANDS_BULK, the"
+            " live and the bulk lane; the bulk one is left out while it does not exist)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document, for machines.")
@@ -323,11 +329,21 @@ def lag(
         _sender_lag(settings, as_json=as_json)
         return
     group_name = group or settings.consumer_group
-    topic_name = topic or settings.topic_commands
+    topic_names = [topic] if topic else [settings.topic_commands, settings.commands_bulk_topic]
+
+    async def lanes() -> list[Any]:
+        rows: list[Any] = []
+        for name in topic_names:
+            try:
+                rows += await group_lag(kafka, group_name, name)
+            except LookupError:
+                if name != settings.commands_bulk_topic or topic:
+                    raise
+        return rows
 
     def measure() -> list[Any]:
         try:
-            return asyncio.run(group_lag(kafka, group_name, topic_name))
+            return asyncio.run(lanes())
         except Exception as exc:  # one line naming the dependency, never a traceback
             why = f"{type(exc).__name__}{': ' + str(exc) if isinstance(exc, LookupError) else ''}"
             if not isinstance(exc, LookupError):
@@ -344,7 +360,7 @@ def lag(
         return json.dumps(
             {
                 "group": group_name,
-                "topic": topic_name,
+                "topics": topic_names,
                 "partitions": [r.as_dict() for r in rows],
                 "total_lag_records": sum(r.lag_records for r in rows),
                 "max_lag_seconds": max((r.lag_seconds for r in rows), default=0.0),

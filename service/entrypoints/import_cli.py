@@ -388,8 +388,9 @@ class _NoCheckpoint:
 
 @contextlib.asynccontextmanager
 async def _sink(settings: Settings, dry_run: bool) -> AsyncIterator[CommandSink]:
-    """The intake's own producer settings (`acks=all`, idempotent, zstd), on the commands
-    topic, created with the service's partition count if missing."""
+    """The intake's own producer settings (`acks=all`, idempotent, zstd), on the bulk lane's
+    commands topic (read behind the live one, adapters/kafka/priority.py), created with the
+    service's partition count if missing."""
     if dry_run:
         yield _DiscardingSink()
         return
@@ -405,8 +406,9 @@ async def _sink(settings: Settings, dry_run: bool) -> AsyncIterator[CommandSink]
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     kafka = KafkaConnection.from_settings(settings)
     output = KafkaOutput(kafka, client_id="optout-import")
-    # The importer's principal may write the commands topic and describe no other.
-    (commands,) = [t for t in contract_topics(settings) if t.name == settings.topic_commands]
+    # The importer's principal may write the bulk commands topic and describe no other.
+    bulk = settings.commands_bulk_topic
+    (commands,) = [t for t in contract_topics(settings) if t.name == bulk]
     try:
         await ensure_topics(kafka, [commands])
         await output.start()
@@ -418,7 +420,7 @@ async def _sink(settings: Settings, dry_run: bool) -> AsyncIterator[CommandSink]
             str(why) if isinstance(why, KafkaUnreachable | PermissionError) else type(exc).__name__
         ) from None
     try:
-        yield KafkaCommandSink(output, settings.topic_commands)
+        yield KafkaCommandSink(output, bulk)
     finally:
         with contextlib.suppress(Exception):
             await output.stop()

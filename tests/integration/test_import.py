@@ -147,7 +147,7 @@ async def test_an_import_killed_midway_then_resumed_delivers_every_row_and_appli
     assert not summary["interrupted"]
 
     # Every record the two runs produced gets its outcome; wait for all of them.
-    produced = await published(settings)
+    produced = await published(settings, settings.commands_bulk_topic)
     await client.wait_for(lambda: outcome_count(client) >= produced, within_s=120)
     resent = produced - len(valid)
     assert 0 <= resent <= 3 * 1_000  # at most the waves in flight when it was killed
@@ -177,10 +177,10 @@ async def test_an_import_killed_midway_then_resumed_delivers_every_row_and_appli
     code, _, err = await run_import(settings, str(path))
     assert code == 0
     assert "imported already" in err
-    assert await published(settings) == produced
+    assert await published(settings, settings.commands_bulk_topic) == produced
     code, out, err = await run_import(settings, str(path), "--restart", "--json")
     assert code == 0, err
-    again = await published(settings)
+    again = await published(settings, settings.commands_bulk_topic)
     assert again == produced + len(valid)
     await client.wait_for(lambda: outcome_count(client) >= again, within_s=120)
     for subject, outcomes in outcomes_by_subject(client).items():
@@ -188,12 +188,12 @@ async def test_an_import_killed_midway_then_resumed_delivers_every_row_and_appli
 
 
 async def commanded_subjects(settings: Settings) -> list[str]:
-    """The subject of every record on the commands topic, duplicates included."""
+    """The subject of every record on the bulk lane's commands topic, duplicates included."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
         partitions = range(settings.topic_partitions)
-        parts = [TopicPartition(settings.topic_commands, p) for p in partitions]
+        parts = [TopicPartition(settings.commands_bulk_topic, p) for p in partitions]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)

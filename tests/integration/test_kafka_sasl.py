@@ -54,6 +54,7 @@ def worker_grants(s: Settings) -> list[Grant]:
     outputs = [s.topic_preferences, s.topic_outcomes, s.topic_dlq]
     return [
         Grant("worker", ["Read", "Describe", "Create", "DescribeConfigs"], [s.topic_commands]),
+        Grant("worker", ["Read", "Describe", "Create"], [s.commands_bulk_topic]),
         Grant("worker", ["Write", "Describe", "Create", "DescribeConfigs"], outputs),
         Grant("worker", ["Read"], groups=[s.consumer_group]),
     ]

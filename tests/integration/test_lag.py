@@ -158,3 +158,28 @@ async def test_lag_watch_refreshes_in_place_until_interrupted(settings: Settings
     assert "Traceback" not in err
     assert out.count("\x1b[H\x1b[2J") >= 2
     assert out.count("total lag 16 records") >= 2
+
+
+async def test_lag_shows_the_live_and_the_bulk_lane(settings: Settings) -> None:
+    await prepare(settings)
+    # Without a bulk topic (positive control for the rows below): the live topic alone.
+    alone = json.loads(run_lag(settings, "--json").stdout)
+    assert {p["topic"] for p in alone["partitions"]} == {settings.topic_commands}
+    bulk = settings.commands_bulk_topic
+    await ensure_topics(KafkaConnection(settings.kafka_bootstrap), [KafkaTopic(bulk, 3)])
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(7):
+            await producer.send_and_wait(bulk, b"{}", key=f"k{i}".encode(), partition=2)
+    finally:
+        await producer.stop()
+    answer = run_lag(settings, "--json")
+    assert answer.returncode == 0, answer.stderr
+    rows = {(p["topic"], p["partition"]): p for p in json.loads(answer.stdout)["partitions"]}
+    assert {topic for topic, _ in rows} == {settings.topic_commands, bulk}
+    assert rows[(bulk, 2)]["lag_records"] == 7
+    assert rows[(settings.topic_commands, 1)]["lag_records"] == 6
+    table = run_lag(settings).stdout
+    assert bulk in table
+    assert "total lag 23 records" in table

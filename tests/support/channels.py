@@ -67,15 +67,15 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         yield Running(settings, f"http://127.0.0.1:{settings.http_port}")
 
 
-async def published(settings: Settings) -> int:
-    """How many records the commands topic holds (the sum of its end offsets)."""
+async def published(settings: Settings, topic: str | None = None) -> int:
+    """How many records the commands topic (or `topic`) holds (the sum of its end offsets)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
         # The service created the topic with this many partitions.
         parts = range(settings.topic_partitions)
         ends = await consumer.end_offsets(
-            [TopicPartition(settings.topic_commands, p) for p in parts]
+            [TopicPartition(topic or settings.topic_commands, p) for p in parts]
         )
         return sum(ends.values())
     finally:

@@ -132,8 +132,11 @@ class ContractClient:
         doc: dict[str, Any] | bytes | None,
         key: str | bytes | None = None,
         headers: list[tuple[str, bytes | None]] | None = None,
+        *,
+        topic: str | None = None,
     ) -> Any:
-        """Produce one record to the commands topic; returns its metadata (partition, offset)."""
+        """Produce one record to the commands topic (or `topic`, such as the bulk lane's);
+        returns its metadata (partition, offset)."""
         assert self._producer is not None
         if isinstance(doc, dict):
             value: bytes | None = json.dumps(doc).encode()
@@ -142,7 +145,7 @@ class ContractClient:
             value = doc
         raw_key = key.encode() if isinstance(key, str) else key
         return await self._producer.send_and_wait(
-            self.settings.topic_commands, value, key=raw_key, headers=headers
+            topic or self.settings.topic_commands, value, key=raw_key, headers=headers
         )
 
     async def wait_for(self, predicate: Any, within_s: float = 30.0) -> None:

@@ -20,6 +20,7 @@ def test_asyncapi_names_every_contract_topic() -> None:
     addresses = {channel["address"] for channel in document["channels"].values()}
     assert addresses == {
         "optout.commands.v1",
+        "optout.commands.bulk.v1",
         "optout.preferences.v1",
         "optout.outcomes.v1",
         "optout.commands.dlq.v1",

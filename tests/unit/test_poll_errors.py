@@ -49,7 +49,7 @@ def sleeps() -> tuple[list[float], Any]:
 async def test_records_come_flat_and_an_empty_poll_does_not_sleep() -> None:
     slept, sleep = sleeps()
     subscriber = Subscriber()
-    guard_polls(subscriber, PollErrors(sleep=sleep))
+    guard_polls(subscriber, errors=PollErrors(sleep=sleep))
     consumer = Consumer([{"tp0": ["a", "b"], "tp1": ["c"]}, {}])
     assert await subscriber.get_msg(consumer) == ("a", "b", "c")
     assert await subscriber.get_msg(consumer) == ()
@@ -60,7 +60,9 @@ async def test_records_come_flat_and_an_empty_poll_does_not_sleep() -> None:
 async def test_errors_pause_briefly_growing_then_polls_go_on() -> None:
     slept, sleep = sleeps()
     subscriber = Subscriber()
-    state = guard_polls(subscriber, PollErrors(first_pause_s=0.05, max_pause_s=1.0, sleep=sleep))
+    state = guard_polls(
+        subscriber, errors=PollErrors(first_pause_s=0.05, max_pause_s=1.0, sleep=sleep)
+    )
     consumer = Consumer([KafkaConnectionError()] * 6 + [{"tp": ["r1"]}, {}])
     with capture_logs() as logs:
         answers = [await subscriber.get_msg(consumer) for _ in range(8)]
@@ -75,7 +77,7 @@ async def test_errors_pause_briefly_growing_then_polls_go_on() -> None:
 async def test_a_success_resets_the_pause() -> None:
     slept, sleep = sleeps()
     subscriber = Subscriber()
-    guard_polls(subscriber, PollErrors(first_pause_s=0.05, sleep=sleep))
+    guard_polls(subscriber, errors=PollErrors(first_pause_s=0.05, sleep=sleep))
     errors = [KafkaConnectionError(), KafkaConnectionError()]
     consumer = Consumer([*errors, {}, *errors])
     for _ in range(5):

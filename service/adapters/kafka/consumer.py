@@ -12,6 +12,12 @@ decodes every header as UTF-8, and one binary or null header value made it raise
 handler ran, the batch vanishing while the next batch's commit moved past it. The parser
 here hands the records over untouched, and the gap check (``offsets.py``) makes sure no
 batch can vanish that way again.
+
+With a bulk lane (``BulkLane``) the subscriber reads the bulk commands topic as well, in the
+same group, with the range assignor (partition p of both topics with one member), and its
+fetch step takes live records first and at most a bounded number of bulk ones per batch
+(``priority.py`` gives the reasoning, and why a subject's events stay in version order).
+Everything below is per (topic, partition): positions, the gap check, commits, lag.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -35,6 +42,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
 
 from service.adapters.kafka.offsets import GapCheck, Partition
 from service.adapters.kafka.poll_errors import guard_polls
+from service.adapters.kafka.priority import LaneBudget, LiveFirstFetch
 from service.adapters.kafka.recovery import DependencyAnswers, RecoveryPause
 from service.application.errors import DependencyUnavailable, leaf_failures, unavailable_in
 from service.application.records import RawRecord
@@ -150,12 +158,21 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._state.gaps.forget((tp.topic, tp.partition) for tp in revoked)
         for tp in revoked:
             self._telemetry.forget_partition(tp.topic, tp.partition)
-        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+        log.info("partitions_revoked", **_numbers(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._state.assigned.update((tp.topic, tp.partition) for tp in assigned)
         self._state.gaps.forget((tp.topic, tp.partition) for tp in assigned)
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        log.info("partitions_assigned", **_numbers(assigned))
+
+
+def _numbers(tps: list[TopicPartition]) -> dict[str, list[Any]]:
+    """For the log: the partition numbers, and the topics they are of (with the bulk lane,
+    partition p of both command topics moves together, so the numbers are those of either)."""
+    return {
+        "partitions": sorted({tp.partition for tp in tps}),
+        "topics": sorted({tp.topic for tp in tps}),
+    }
 
 
 async def _raw_records(message: Any) -> Any:
@@ -292,6 +309,15 @@ class GroupMembership:
     instance_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BulkLane:
+    """The bulk commands topic read behind the live one (``priority.py``): at most
+    `max_records_per_batch` of its records in one batch."""
+
+    topic: str
+    max_records_per_batch: int
+
+
 def register_worker(
     broker: KafkaBroker,
     *,
@@ -307,6 +333,7 @@ def register_worker(
     membership: GroupMembership | None = None,
     answers: DependencyAnswers | None = None,
     probe_every_s: float = 0.25,
+    bulk: BulkLane | None = None,
 ) -> Any:
     """Subscribe the worker. With `stage`, batches are pipelined: a batch's first stage
     (`stage`, PostgreSQL) runs while the one before sends its outputs (Redis, Kafka); the
@@ -315,7 +342,9 @@ def register_worker(
     `process` (retried, isolated), after the outputs of every earlier batch. A batch whose
     stages succeeded as they came reports its latency waterfall (``waterfall.py``) once its
     outcomes are acknowledged. `answers` (a dependency's readiness probe) cuts a retry's
-    backoff short once the dependency that failed answers again (``recovery.py``)."""
+    backoff short once the dependency that failed answers again (``recovery.py``). With
+    `bulk`, the bulk lane's topic is read too, behind the live one (``priority.py``): both
+    topics in one group, partition p of each with the same member (range assignor)."""
     report: ConsumerTelemetry = telemetry or _Silent()
     member = membership or GroupMembership()
     subscriber_ref: list[Any] = []
@@ -323,8 +352,9 @@ def register_worker(
     def consumer_of() -> Any:
         return subscriber_ref[0].consumer if subscriber_ref else None
 
+    topics = (topic,) if bulk is None else (topic, bulk.topic)
     subscriber = broker.subscriber(
-        topic,
+        *topics,
         group_id=group_id,
         batch=True,
         max_records=max_records,
@@ -342,11 +372,25 @@ def register_worker(
         # whose records were just returned: a command arriving on such a partition waited
         # for the others' fetch to time out (500 ms by default) before it was even read.
         fetch_max_wait_ms=WORKER_FETCH_MAX_WAIT_MS,
+        # Each topic's partitions over the members sorted the same way: partition p of the
+        # live and of the bulk topic go to the same member (priority.py).
+        partition_assignment_strategy=(RangePartitionAssignor,),
         title="optout-worker",
         description="Opt-out and opt-in commands from every channel (contract v1).",
     )
     subscriber_ref.append(subscriber)
-    guard_polls(subscriber)
+    # faststream's subscribers keep a __dict__ so that a method can be replaced on the
+    # instance; its consume loop calls `get_msg(consumer)` for each batch.
+    guard_polls(
+        subscriber,
+        fetch=None
+        if bulk is None
+        else LiveFirstFetch(
+            bulk_topic=bulk.topic,
+            budget=LaneBudget(max_records, bulk.max_records_per_batch),
+            wait_ms=round(wait_seconds * 1000),
+        ),
+    )
 
     outputs = InOrder()
 

@@ -20,7 +20,7 @@ handler, as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -29,6 +29,9 @@ import structlog
 from aiokafka.errors import KafkaError, UnsupportedCodecError
 
 log = structlog.get_logger(__name__)
+
+# One batch's records from the consumer (``priority.LiveFirstFetch`` with a bulk lane).
+Fetch = Callable[[Any], Awaitable[Sequence[Any]]]
 
 
 @dataclass
@@ -55,23 +58,38 @@ class PollErrors:
         self.failures = 0
 
 
-def guard_polls(subscriber: Any, errors: PollErrors | None = None) -> PollErrors:
-    """Replace faststream's batch poll (``subscriber.get_msg``) with the one above, with the
-    subscriber's own ``batch_timeout_ms`` and ``max_records``; returns the error episode."""
-    state = errors or PollErrors()
+class GuardedPoll:
+    """The subscriber's poll: ``fetch`` one batch; a Kafka error costs a short pause."""
 
-    async def poll(consumer: Any) -> tuple[Any, ...]:
+    def __init__(self, fetch: Fetch, errors: PollErrors) -> None:
+        self.fetch = fetch
+        self.errors = errors
+
+    async def __call__(self, consumer: Any) -> tuple[Any, ...]:
         try:
-            batches = await consumer.getmany(
-                timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
-            )
+            records = await self.fetch(consumer)
         except UnsupportedCodecError:
             raise  # a missing compression library: faststream logs it and waits longer
         except KafkaError as exc:
-            await state.failed(exc)
+            await self.errors.failed(exc)
             return ()
-        state.succeeded()
+        self.errors.succeeded()
+        return tuple(records)
+
+
+def guard_polls(
+    subscriber: Any, *, fetch: Fetch | None = None, errors: PollErrors | None = None
+) -> PollErrors:
+    """Replace faststream's batch poll (``subscriber.get_msg``) with a ``GuardedPoll`` of
+    ``fetch`` (by default one ``getmany`` with the subscriber's own ``batch_timeout_ms`` and
+    ``max_records``); returns the error episode."""
+    state = errors or PollErrors()
+
+    async def plain(consumer: Any) -> tuple[Any, ...]:
+        batches = await consumer.getmany(
+            timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
+        )
         return tuple(chain.from_iterable(batches.values()))
 
-    subscriber.get_msg = poll
+    subscriber.get_msg = GuardedPoll(fetch or plain, state)
     return state

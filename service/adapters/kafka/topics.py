@@ -59,3 +59,22 @@ async def ensure_topics(kafka: KafkaConnection, specs: list[KafkaTopic]) -> list
         return created
     finally:
         await admin.close()
+
+
+async def check_copartitioned(kafka: KafkaConnection, live: str, bulk: str) -> None:
+    """Refuse to start when the two command topics differ in partition count: a subject's
+    commands would then be on partitions owned by different workers, and its events could
+    leave out of version order (adapters/kafka/priority.py)."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([live, bulk])
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+    if counts.get(live) != counts.get(bulk):
+        raise RuntimeError(
+            f"topics {live} ({counts.get(live)} partitions) and {bulk} "
+            f"({counts.get(bulk)} partitions) must have the same partition count: recreate "
+            "the bulk topic with the live topic's count"
+        )
