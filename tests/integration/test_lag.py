@@ -144,16 +144,26 @@ def test_lag_names_an_unreachable_kafka_in_one_line(settings: Settings) -> None:
 async def test_lag_watch_refreshes_in_place_until_interrupted(settings: Settings) -> None:
     await prepare(settings)
     env = {**os.environ, **settings.as_environment()}
-    watching = subprocess.Popen(  # noqa: ASYNC220 (killed below; communicate() reaps it)
-        [OPTOUT, "lag", "--watch", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    watching = await asyncio.create_subprocess_exec(
+        OPTOUT,
+        "lag",
+        "--watch",
+        "0.2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    await asyncio.sleep(10)
+    assert watching.stdout is not None
+    seen = ""
+    # Two refreshes seen, in order, however long the process takes to start on a busy machine.
+    async with asyncio.timeout(120):
+        while seen.count("total lag 16 records") < 2:
+            chunk = await watching.stdout.read(4096)
+            assert chunk, "the watch ended by itself"
+            seen += chunk.decode()
     watching.send_signal(2)  # SIGINT, as Ctrl-C
-    out, err = watching.communicate(timeout=30)
+    rest, err_bytes = await watching.communicate()
+    out, err = seen + rest.decode(), err_bytes.decode()
     assert watching.returncode == 0, err
     assert "Traceback" not in err
     assert out.count("\x1b[H\x1b[2J") >= 2
