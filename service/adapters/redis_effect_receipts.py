@@ -2,9 +2,9 @@
 
 - ``{prefix}:effect:{tenant}:{command_id}``, a hash: the event's place, one field `at`
   holding `partition:offset:effective_at` (one HSETNX per event, not three: the feed writes
-  one for every opt-out the worker publishes), and one field per sender instance that had it in effect (`e:{sender}/
-  {instance}`, milliseconds, first value kept); it expires ``ttl_seconds`` after its last
-  write, so there are about (opt-outs per second x ttl) of them.
+  one for every opt-out the worker publishes), and one field per sender instance that had
+  it in effect (`e:{sender}/{instance}`, milliseconds, first value kept); it expires
+  ``ttl_seconds`` after its last write, so there are about (opt-outs per second x ttl).
 - ``{prefix}:senders``, a hash: each sender instance's latest report (JSON); instances silent
   for ``forget_seconds`` are removed when the hash is read.
 - ``{prefix}:sender-effects:{sender}``, a list: the sender's latest ``RECENT`` effect times.

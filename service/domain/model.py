@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from service.domain.frozen import quick_init
+
 Action = Literal["opt_out", "opt_in", "restore"]
 """`restore` undoes keyword stops on `sms` (``sms_restore``); it never allows by itself."""
 Basis = Literal["rule", "default", "mandatory"]
@@ -15,6 +17,7 @@ Basis = Literal["rule", "default", "mandatory"]
 WILDCARD = "*"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, order=True)
 class SubjectKey:
     """A subject is only unique within its tenant, so every lookup carries both."""
@@ -23,6 +26,7 @@ class SubjectKey:
     subject_id: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Rule:
     """The latest statement a subject made about one (topic, channel) pair.
