@@ -1,9 +1,10 @@
 """Effect receipts in Redis: what a receipt lookup and `optout lag --senders` read.
 
-- ``{prefix}:effect:{tenant}:{command_id}``, a hash: the event's `partition`, `offset` and
-  `effective_at`, and one field per sender instance that had it in effect (`e:{sender}/
-  {instance}`, milliseconds, first value kept); it expires ``ttl_seconds`` after its last
-  write, so there are about (opt-outs per second x ttl) of them.
+- ``{prefix}:effect:{tenant}:{command_id}``, a hash: the event's place, one field `at`
+  holding `partition:offset:effective_at` (one HSETNX per event, not three: the feed writes
+  one for every opt-out the worker publishes), and one field per sender instance that had
+  it in effect (`e:{sender}/{instance}`, milliseconds, first value kept); it expires
+  ``ttl_seconds`` after its last write, so there are about (opt-outs per second x ttl).
 - ``{prefix}:senders``, a hash: each sender instance's latest report (JSON); instances silent
   for ``forget_seconds`` are removed when the hash is read.
 - ``{prefix}:sender-effects:{sender}``, a list: the sender's latest ``RECENT`` effect times.
@@ -22,6 +23,7 @@ from service.domain.receipts import AppliedReport, Effect, Reporter, SenderState
 
 RECENT = 1_000
 _EFFECT_FIELD = "e:"
+_PLACE_FIELD = "at"
 
 
 def _text(value: Any) -> str:
@@ -51,9 +53,7 @@ class RedisEffectReceipts:
         for e in events:
             key = self._key(e.tenant, e.command_id)
             # A republished event (a redelivered command) keeps the first publication's place.
-            pipe.hsetnx(key, "partition", str(e.partition))
-            pipe.hsetnx(key, "offset", str(e.offset))
-            pipe.hsetnx(key, "effective_at", repr(e.effective_at))
+            pipe.hsetnx(key, _PLACE_FIELD, f"{e.partition}:{e.offset}:{e.effective_at!r}")
             pipe.expire(key, self._ttl)
         await pipe.execute()
 
@@ -83,6 +83,9 @@ class RedisEffectReceipts:
     async def load_receipt(self, tenant: str, command_id: str) -> StoredReceipt | None:
         raw: dict[Any, Any] = await self._redis.hgetall(self._key(tenant, command_id))
         found = {_text(k): _text(v) for k, v in raw.items()}
+        if _PLACE_FIELD in found:
+            partition, offset, effective_at = found[_PLACE_FIELD].split(":", 2)
+            found.update(partition=partition, offset=offset, effective_at=effective_at)
         if "offset" not in found or "partition" not in found:
             return None
         effects: dict[Reporter, float] = {}

@@ -17,9 +17,11 @@ from service.application.waterfall import StepClock
 from service.contract.encode import EncodedEvent
 from service.domain.apply import BatchResult, CommandKey, ProcessedRecord
 from service.domain.commands import Delivery
+from service.domain.frozen import quick_init
 from service.domain.model import SubjectKey, SubjectState
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EventMessage:
     """A preference-changed event as published: its subject and its exact bytes, or None
@@ -30,6 +32,7 @@ class EventMessage:
     payload: bytes | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutcomeMessage:
     command_id: str

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from service.contract.direct import command_from_document
 from service.contract.storable import is_storable_text
 from service.contract.v1 import TENANT_PATTERN, CommandV1
 from service.domain.commands import Delivery, Malformed, Received
@@ -122,6 +123,9 @@ def decode_command(
     command_id = _text(document, "command_id", 128)
     if command_id is None:
         return DeadLetter("no readable command_id (a string of 1-128 characters)", "no_command_id")
+    direct = command_from_document(document)
+    if direct is not None:
+        return Received(direct, delivery)
     try:
         # The model's validator itself: exactly what `model_validate` calls, minus a
         # Python-level wrapper that costs a noticeable share of decoding a small command.

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from service.domain.events import Outcome, PreferenceChanged
+from service.domain.frozen import quick_init
 
 _OPTIONS = orjson.OPT_UTC_Z
 
@@ -59,6 +60,7 @@ def event_json(event: PreferenceChanged) -> bytes:
     return orjson.dumps(event_document(event), option=_OPTIONS)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EncodedEvent:
     """An event with its wire bytes, encoded once for the event log and for Kafka."""

@@ -25,6 +25,7 @@ from service.domain.events import (
     Tombstone,
     event_id_for,
 )
+from service.domain.frozen import quick_init
 from service.domain.identifiers import is_erased, is_identifier
 from service.domain.model import WILDCARD, Rule, SubjectKey, SubjectState
 from service.domain.sms_restore import KEYWORD_CHANNEL, cells_of, statements_of
@@ -40,6 +41,7 @@ Seal = Callable[[str], str]
 """The stored, keyed form of a content hash (``keyed_hashes.ContentSeal``)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ProcessedRecord:
     """The processed-log entry for one command id: what was answered, and for which delivery.

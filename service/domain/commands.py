@@ -13,6 +13,7 @@ from typing import Literal, get_args
 
 import orjson
 
+from service.domain.frozen import quick_init
 from service.domain.model import Action, SubjectKey
 
 SourceChannel = Literal[
@@ -29,6 +30,7 @@ TARGET_FIELD: dict[str, str] = {"link": "identifier", "unlink": "identifier", "m
 """The contract field that carries an identity command's `target`, by kind."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Change:
     """One statement about exactly one (topic, channel) pair, wildcards included."""
@@ -38,6 +40,7 @@ class Change:
     channel: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where the person acted; ip and user agent are proof of consent and stay out of logs.
@@ -55,6 +58,7 @@ class Source:
     actor: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Command:
     """A person's statement, made at `occurred_at`, that changes one or more rules at once."""
@@ -113,6 +117,7 @@ def content_hash(command: Command) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, order=True)
 class Delivery:
     """Where a record was read from; the same delivery seen twice means a crash redelivery."""
@@ -122,6 +127,7 @@ class Delivery:
     offset: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Received:
     """A record that passed schema validation and is ready for the core."""

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Literal
 
 from service.domain.commands import Source
+from service.domain.frozen import quick_init
 from service.domain.model import Action, Rule, SubjectKey, SubjectState
 
 Status = Literal["applied", "unchanged", "duplicate", "rejected"]
@@ -31,6 +32,7 @@ EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
 _NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
     """A change that actually altered the stored rules (older ones are left out of events)."""
@@ -41,6 +43,7 @@ class AppliedChange:
     occurred_at: datetime
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PreferenceChanged:
     """One event per state-changing command, carrying the full rule set.
@@ -69,6 +72,7 @@ class PreferenceChanged:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The answer to exactly one consumed command, so the originating channel can confirm it."""
@@ -98,6 +102,7 @@ class Tombstone:
     effective_at: datetime
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """A proof-of-consent row: who changed what, when, and how (GDPR Art. 7).

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from service.domain.frozen import quick_init
+
 Action = Literal["opt_out", "opt_in", "restore"]
 """`restore` undoes keyword stops on `sms` (``sms_restore``); it never allows by itself."""
 Basis = Literal["rule", "default", "mandatory"]
@@ -15,6 +17,7 @@ Basis = Literal["rule", "default", "mandatory"]
 WILDCARD = "*"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, order=True)
 class SubjectKey:
     """A subject is only unique within its tenant, so every lookup carries both."""
@@ -23,6 +26,7 @@ class SubjectKey:
     subject_id: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Rule:
     """The latest statement a subject made about one (topic, channel) pair.
@@ -100,19 +104,26 @@ class SubjectState:
         protection needed, and the defensive copy of `__init__` would be pure cost.
         """
         state = object.__new__(cls)
-        # Frozen dataclass: fields are set the way its generated `__init__` sets them,
-        # skipping only `__post_init__` and its copy.
-        object.__setattr__(state, "key", key)
-        object.__setattr__(state, "version", version)
-        object.__setattr__(state, "rules", MappingProxyType(rules))
-        object.__setattr__(state, "merged_into", merged_into)
-        object.__setattr__(state, "erased", erased)
+        # Frozen dataclass: its slots are set directly (as ``frozen.quick_init`` does), and
+        # `__post_init__` with its copy is skipped.
+        _SET_KEY(state, key)
+        _SET_VERSION(state, version)
+        _SET_RULES(state, MappingProxyType(rules))
+        _SET_MERGED_INTO(state, merged_into)
+        _SET_ERASED(state, erased)
         return state
 
     def sorted_rules(self) -> tuple[Rule, ...]:
         """Rules in a stable order, so snapshots and events are byte-for-byte reproducible."""
         rules = self.rules
         return tuple([rules[pair] for pair in sorted(rules)])
+
+
+_SET_KEY = vars(SubjectState)["key"].__set__
+_SET_VERSION = vars(SubjectState)["version"].__set__
+_SET_RULES = vars(SubjectState)["rules"].__set__
+_SET_MERGED_INTO = vars(SubjectState)["merged_into"].__set__
+_SET_ERASED = vars(SubjectState)["erased"].__set__
 
 
 def _utc_iso(moment: datetime) -> str:

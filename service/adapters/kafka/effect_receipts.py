@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -39,7 +39,7 @@ def watched(partition: int, offset: int, value: bytes | None) -> WatchedEvent | 
     if value is None or _OPT_OUT not in value:
         return None
     try:
-        event: dict[str, Any] = json.loads(value)
+        event: dict[str, Any] = orjson.loads(value)
         if not any(c.get("action") == "opt_out" for c in event.get("changes", [])):
             return None
         return WatchedEvent(

@@ -46,7 +46,7 @@ NOW = "SELECT clock_timestamp()"
 # is published again byte for byte.
 LOAD_PROCESSED = """
 SELECT p.tenant, p.command_id, p.content_hash, p.source_topic, p.source_partition,
-       p.source_offset, p.outcome::text AS outcome
+       p.source_offset, p.outcome
 FROM processed_commands p
 JOIN unnest($1::text[], $2::text[]) AS u(t, cid) ON p.tenant = u.t AND p.command_id = u.cid
 """
@@ -63,7 +63,8 @@ ORDER BY e.tenant, e.subject_id, e.version
 # faster than the driver encodes typed arrays. The documents the service encoded itself (an
 # event's payload, an outcome) come beside it as text arrays, zipped row by row with
 # ROWS FROM: nested in the array they were parsed twice, once in the array and once as a
-# value; an event's payload, the subject's whole snapshot, is stored as text, not parsed.
+# value; both are stored as text, never parsed on the way in (an outcome is parsed only
+# when a resend under the same id conflicts with it).
 # The rules upsert re-checks last-writer-wins in SQL, so it is correct even without the
 # row locks; a stored rejection may be replaced (a producer can fix and resend a command
 # under the same id), an applied or unchanged answer is final.
@@ -124,7 +125,7 @@ processed AS (
     INSERT INTO processed_commands (command_id, content_hash, tenant, subject_id,
                                     source_topic, source_partition, source_offset, outcome)
     SELECT command_id, content_hash, tenant, subject_id, source_topic, source_partition,
-           source_offset, outcome::json
+           source_offset, outcome
     FROM ROWS FROM (
         json_to_recordset($5::json) AS (
             command_id text, content_hash text, tenant text, subject_id text,
@@ -141,7 +142,7 @@ processed AS (
         source_offset = EXCLUDED.source_offset,
         outcome = EXCLUDED.outcome,
         processed_at = now()
-    WHERE processed_commands.outcome ->> 'status' = 'rejected'
+    WHERE processed_commands.outcome::json ->> 'status' = 'rejected'
 )
 SELECT 1
 """
@@ -209,12 +210,12 @@ processed AS (
     UPDATE processed_commands p
     SET subject_id = m.replacement,
         outcome = (p.outcome::jsonb || jsonb_build_object('subject_id', m.replacement)
-                   || CASE WHEN p.outcome ->> 'applied_to' ~ '^(email|phone|device):'
+                   || CASE WHEN p.outcome::json ->> 'applied_to' ~ '^(email|phone|device):'
                            THEN jsonb_build_object('applied_to', coalesce(
                                (SELECT m2.replacement FROM m m2
                                 WHERE m2.tenant = p.tenant
-                                  AND m2.name = p.outcome ->> 'applied_to'), 'erased'))
-                           ELSE '{}'::jsonb END)::json
+                                  AND m2.name = p.outcome::json ->> 'applied_to'), 'erased'))
+                           ELSE '{}'::jsonb END)::text
     FROM m
     WHERE p.tenant = m.tenant AND p.subject_id = m.name AND m.name <> m.replacement
 ),
@@ -308,7 +309,7 @@ processed AS (
     UPDATE processed_commands c
     SET command_id = p.new_id, content_hash = p.new_hash,
         outcome = CASE WHEN p.new_id = p.command_id THEN c.outcome
-                       ELSE (c.outcome::jsonb || jsonb_build_object('command_id', p.new_id))::json
+                       ELSE (c.outcome::jsonb || jsonb_build_object('command_id', p.new_id))::text
                   END
     FROM p
     WHERE c.tenant = p.tenant AND c.command_id = p.command_id
