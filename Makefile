@@ -14,7 +14,7 @@ UV_PYTHON := --python $(PYTHON) --no-python-downloads
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint audit fmt bench chaos fuzz schemas stop clean
+.PHONY: help venv lock stack stack-status migrate run worker test test-unit lint audit fmt bench chaos chaos-seeds fuzz schemas stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench: migrate ## the performance figures: docs/bench/latest.json, its README ta
 CHAOS_ARGS ?=
 chaos: migrate ## fault-injection suite (probes, a chaos run, fuzzing): docs/reliability/latest.json
 	$(BIN)/python -m tests.chaos.run --out docs/reliability/latest.json $(CHAOS_ARGS)
+
+chaos-seeds: migrate ## `make chaos` for seeds 1 to 5, one after the other: docs/reliability/seeds.md
+	$(BIN)/python -m tests.chaos.seeds run 1 2 3 4 5
 
 fuzz: migrate ## 10,000 fuzzed records through one real worker: docs/reliability/fuzz.json
 	$(BIN)/python -m tests.chaos.run --phases fuzz --out docs/reliability/fuzz.json $(CHAOS_ARGS)

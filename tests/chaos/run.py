@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -174,6 +175,17 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _commit() -> str | None:
+    """The code the run exercised (the checkout's HEAD), for the report."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found.stdout.strip() or None
+
+
 def _names(text: str) -> list[str]:
     return [n for n in (part.strip() for part in text.split(",")) if n]
 
@@ -229,6 +241,7 @@ async def main(argv: Sequence[str]) -> int:
     else:
         async with own_servers() as env:
             report = await run_phases(env, **options)
+    report["commit"] = _commit()
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
