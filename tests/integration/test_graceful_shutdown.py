@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -43,6 +45,21 @@ async def test_sigterm_under_load_commits_the_batch_in_flight(
     stream = random_stream(seed=11, n=1500, subjects=60)
     first_log = tmp_path / "first.log"
     worker = start_worker(settings, first_log, free_port())
+    try:
+        await _stop_under_load(settings, worker, first_log, stream, tmp_path)
+    finally:
+        if worker.poll() is None:  # the test failed before the worker exited: no orphan
+            worker.kill()
+            worker.wait()
+
+
+async def _stop_under_load(
+    settings: Settings,
+    worker: subprocess.Popen[bytes],
+    first_log: Path,
+    stream: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
     async with ContractClient(settings) as client:
         where: dict[str, tuple[int, int]] = {}
 
@@ -64,7 +81,8 @@ async def test_sigterm_under_load_commits_the_batch_in_flight(
             # Every record answered before the exit has its offset committed: nothing of
             # it is left for the next worker to redo.
             assert committed.get(partition, 0) > offset, (partition, offset)
-        events = [json.loads(line)["event"] for line in first_log.read_text().splitlines()]
+        text = await asyncio.to_thread(first_log.read_text)
+        events = [json.loads(line)["event"] for line in text.splitlines()]
         # Within its deadline: the drain's own verdict, not a clock read by the test (a busy
         # machine slows the exit after the drain, not the drain's deadline).
         assert "worker_drained" in events
