@@ -192,3 +192,14 @@ def test_only_opt_out_events_are_watched() -> None:
     assert watched(3, 41, base % b"opt_in") is None  # an old opt-out rule is not this event's
     assert watched(3, 42, None) is None
     assert watched(3, 43, b"not json opt_out") is None
+
+
+def test_imported_opt_outs_get_no_receipt() -> None:
+    """An import's command id is a hash of the row (identifier included): no receipt keeps it."""
+    template = (
+        b'{"tenant":"t","command_id":"%s","effective_at":"2026-01-01T00:00:01+00:00",'
+        b'"changes":[{"action":"opt_out"}]}'
+    )
+    assert watched(1, 2, template % (b"import-" + b"0" * 64)) is None
+    assert watched(1, 3, template % (b"import-k1-" + b"0" * 64)) is None
+    assert watched(1, 4, template % b"live-1") is not None  # positive control

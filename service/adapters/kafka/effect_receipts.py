@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from service.adapters.kafka.connection import KafkaConnection
 from service.application.receipts import TrackEffects
 from service.contract.receipts import SenderReportV1
+from service.domain.keyed_hashes import PLAIN_IMPORT_PREFIX
 from service.domain.receipts import WatchedEvent
 
 log = structlog.get_logger(__name__)
@@ -35,18 +36,25 @@ GAUGE_SECONDS = 1.0
 
 
 def watched(partition: int, offset: int, value: bytes | None) -> WatchedEvent | None:
-    """The event at this place if it applied an opt-out, else None."""
+    """The event at this place if it applied an opt-out, else None.
+
+    Imported commands are not timed: an import is bulk work nobody waits on, and its command
+    ids are hashes of the imported row, identifier included; a receipt keyed by one would keep
+    that hash in Redis after the person's erasure (which rewrites it everywhere else)."""
     if value is None or _OPT_OUT not in value:
         return None
     try:
         event: dict[str, Any] = orjson.loads(value)
         if not any(c.get("action") == "opt_out" for c in event.get("changes", [])):
             return None
+        command_id = str(event["command_id"])
+        if command_id.startswith(PLAIN_IMPORT_PREFIX):
+            return None
         return WatchedEvent(
             partition,
             offset,
             str(event["tenant"]),
-            str(event["command_id"]),
+            command_id,
             datetime.fromisoformat(event["effective_at"]).timestamp(),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
