@@ -27,6 +27,7 @@ def report(seed: int, *, passed: bool, dead: list[str] | None = None) -> dict[st
             "checks": {"nothing_lost": True, "no_partition_stall": passed},
             "max_partition_stall_s": 0.25 if passed else 1.7,
             "workers_died_unexpectedly": dead or [],
+            "faults_skipped": ["kill"] * 3 if passed else [],
         },
         "fuzz": {"max_partition_stall_s": 0.5},
     }
@@ -46,5 +47,6 @@ def test_rows_in_seed_order_with_what_failed(tmp_path: Path) -> None:
     assert "no_partition_stall, workers_died_unexpectedly" in failed
     for cell in ("passed", "0.250", "2 of 2"):
         assert cell in passed
+    assert passed.split(" | ")[7] == "3"  # faults skipped
     assert passed.split(" | ")[-2] == "none"
     assert "`abc1234`" in passed
