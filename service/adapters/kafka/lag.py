@@ -46,14 +46,18 @@ async def group_lag(
     return await asyncio.wait_for(_group_lag(kafka, group, topic), timeout_seconds)
 
 
+async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
+    (described,) = await admin.describe_topics([topic])
+    if described["error_code"] != 0:
+        raise LookupError(f"topic {topic} not found")
+    return sorted(p["partition"] for p in described["partitions"])
+
+
 async def _group_lag(kafka: KafkaConnection, group: str, topic: str) -> list[PartitionLag]:
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=_TIMEOUT_MS)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
-        if described["error_code"] != 0:
-            raise LookupError(f"topic {topic} not found")
-        partitions = sorted(p["partition"] for p in described["partitions"])
+        partitions = await _partitions(admin, topic)
         committed_all = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
@@ -123,10 +127,7 @@ async def _topic_ends(kafka: KafkaConnection, topic: str) -> dict[int, int]:
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=_TIMEOUT_MS)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
-        if described["error_code"] != 0:
-            raise LookupError(f"topic {topic} not found")
-        partitions = sorted(p["partition"] for p in described["partitions"])
+        partitions = await _partitions(admin, topic)
     finally:
         await admin.close()
     consumer = AIOKafkaConsumer(
